@@ -1,0 +1,35 @@
+# Two commands a new user needs: `make demo` (the main job end to end) and `make test`.
+# Both create the virtual environment first when it is missing or out of date.
+
+VENV      := .venv
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
+UV_VERSION := 0.13.9
+DEMO_OUT  ?= demo_out
+export TF_USE_LEGACY_KERAS := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test bench clean-venv
+
+setup: $(STAMP)
+
+# Re-runs only when setup.py changes (the stamp is newer than setup.py otherwise).
+$(STAMP): setup.py
+	@PY310=$$(bash .ci/find_python310); \
+	  test -n "$$PY310" || { echo "python3.10 not found (TFX 1.16 needs Python 3.10)"; exit 1; }; \
+	  test -x $(PY) || $$PY310 -m venv $(VENV)
+	$(PY) -m pip install -q "uv==$(UV_VERSION)"
+	$(VENV)/bin/uv pip install --python $(PY) -q -e ".[test]"
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/crocodile demo --out $(DEMO_OUT)
+
+test: setup
+	$(PY) -m pytest tests
+
+bench: setup
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

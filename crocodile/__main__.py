@@ -1,0 +1,5 @@
+import sys
+
+from crocodile.cli import main
+
+sys.exit(main())

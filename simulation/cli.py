@@ -1,0 +1,5 @@
+"""`crocodile` subcommands of crocodile.simulation (registered by crocodile.cli)."""
+
+
+def register(subparsers) -> None:
+    """Adds this area's subcommands. Handlers import heavy modules lazily."""
