@@ -1,0 +1,90 @@
+"""Hyperparameters of every model, in one place.
+
+Defaults are sized for a 2-core CPU (DESIGN section 9). The paper gives no sizes;
+the STEM configuration of the same group is the prior (DESIGN 5.8): e = 16, Adam
+lr 1e-3, embedding L2 1e-6, gradient clipping 10, early stopping on validation AUC.
+Expert and tower widths are smaller than STEM's [512, 512, 512] so that the quality
+benchmark finishes on CPU (choice the paper leaves open).
+"""
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+# Keys of the dict a network returns.
+PROBABILITY = "probability"
+LOGIT = "logit"
+EXPERT_OUTPUTS = "expert_outputs"
+
+
+@dataclasses.dataclass(frozen=True)
+class HParams:
+    """Every knob of every model. Models read only the fields they need."""
+
+    # Embeddings.
+    embedding_dim: int = 16
+    num_embedding_sets: int = 5          # M (paper's main setting; Table 6 sweeps 2..10)
+    embedding: str = "me"                # crocodile ablation (Table 5): "me" | "se"
+    embedding_l2: float = 1e-6           # lambda/2 * ||W||^2 over whole tables (STEM / FuxiCTR)
+    embedding_init_stddev: float = 0.01  # (I) FuxiCTR uses 1e-4; 1e-2 trains faster at small sizes
+    # Experts and towers.
+    expert_units: Tuple[int, ...] = (128, 64)
+    tower_units: Tuple[int, ...] = (32,)
+    num_experts: int = 4                 # MMoE / shared-bottom family (M for ME models is num_embedding_sets)
+    num_shared_experts: int = 1          # PLE / ME-PLE / STEM / HiNet
+    num_specific_experts: int = 1        # per domain, PLE / ME-PLE / STEM / HiNet
+    ple_levels: int = 1                  # CGC levels of PLE
+    # Crocodile gating (Table 5): "peg" prior element-wise | "pg" prior expert-level |
+    # "eg" element-wise on the sample's embeddings | "g" expert-level on the sample's embeddings.
+    gate: str = "peg"
+    prior_embedding_dim: int = 16        # (I) the paper does not give e_p
+    # Crocodile's disentangling loss (Table 4): "cov" | "dot" | "cos" | "dcorr" | "ole" | "none".
+    disentangle_loss: str = "cov"
+    disentangle_weight: float = 1e-3     # lambda; chosen by the sweep in model/README.md
+    disentangle_rows: int = 32           # rows sampled per step for the loss (paper: 32)
+    # Baseline-specific sizes.
+    lora_rank: int = 4                   # MLoRA
+    pepnet_gate_units: int = 64          # PEPNet Gate NU hidden width
+    pepnet_gamma: float = 2.0            # PEPNet Gate NU output scale (gamma * sigmoid)
+    star_aux_units: Tuple[int, ...] = (32,)
+    star_momentum: float = 0.99          # partitioned-normalisation moving statistics
+    adasparse_epsilon: float = 0.25      # AdaSparse fusion pruner: zero below epsilon
+    adasparse_beta: float = 2.0
+    adasparse_alpha_init: float = 1.0
+    adasparse_alpha_step: float = 1e-4   # alpha grows by this per training step, capped
+    adasparse_alpha_max: float = 5.0
+    # Optimisation.
+    learning_rate: float = 1e-3
+    clipnorm: float = 10.0
+    batch_size: int = 2048
+    epochs: int = 3
+    early_stopping_patience: int = 1
+    seed: int = 0
+
+    def replace(self, **changes) -> "HParams":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Per-model overrides of the defaults (the ME baselines use M = S sets: one per domain).
+MODEL_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "crocodile": {},
+    "mmoe": {"num_experts": 5},
+}
+
+
+def resolve(name: str, hparams: Optional[Any] = None) -> HParams:
+    """Defaults for `name`, overridden by an HParams or a dict of field values."""
+    base = HParams(**MODEL_DEFAULTS.get(name, {}))
+    if hparams is None:
+        return base
+    if isinstance(hparams, HParams):
+        return hparams
+    if isinstance(hparams, Mapping):
+        known = {f.name for f in dataclasses.fields(HParams)}
+        unknown = set(hparams) - known
+        if unknown:
+            raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)}")
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in hparams.items()}
+        return base.replace(**values)
+    raise TypeError(f"hparams must be HParams, a dict or None, not {type(hparams).__name__}")
