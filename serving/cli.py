@@ -1,5 +1,211 @@
-"""`crocodile` subcommands of crocodile.serving (registered by crocodile.cli)."""
+"""`crocodile` subcommands of crocodile.serving: model-server, router, score, rollout.
+
+Registered by crocodile.cli. Handlers import TensorFlow, grpcio and the servers lazily so
+``crocodile --help`` stays fast. model-server flags carry TF Serving's names and meanings.
+"""
+import argparse
+import json
+import logging
+import signal
+import threading
+
+from crocodile.errors import UserError
+
+SHUTDOWN_GRACE_S = 10.0
 
 
 def register(subparsers) -> None:
-    """Adds this area's subcommands. Handlers import heavy modules lazily."""
+    server = subparsers.add_parser(
+        "model-server", help="embedded stand-in for tensorflow_model_server (gRPC PredictionService + ModelService)")
+    server.add_argument("--port", type=int, default=8500, help="gRPC port (0 picks a free one)")
+    server.add_argument("--model_config_file", required=True, help="text ModelServerConfig (model_config_list)")
+    server.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0,
+                        help="re-read the config file this often (0: never), as TF Serving does")
+    server.add_argument("--enable_batching", action="store_true", help="batch concurrent requests")
+    server.add_argument("--batching_parameters_file", help="text BatchingParameters (needs --enable_batching)")
+    server.add_argument("--allow_version_labels_for_unavailable_models", action="store_true",
+                        help="let new labels point at versions that are not loaded yet (needed at start-up)")
+    server.add_argument("--grpc_channel_arguments", default="",
+                        help="comma-separated key=value gRPC server options, e.g. grpc.max_receive_message_length=65536")
+    server.add_argument("--grpc_max_threads", type=int, default=64, help="gRPC handler threads")
+    server.add_argument("--max_request_examples", type=int, default=None,
+                        help="embedded server only: reject requests with more examples when batching is off "
+                             "(with batching, max_batch_size is the limit, as in TF Serving)")
+    server.set_defaults(handler=run_model_server)
+
+    router = subparsers.add_parser("router", help="canary router: PredictionService proxy choosing stable/canary per user")
+    router.add_argument("--port", type=int, default=8600, help="gRPC port (0 picks a free one)")
+    router.add_argument("--backend", required=True, help="HOST:PORT of TF Serving or the embedded model server")
+    router.add_argument("--policy", required=True, help="canary policy YAML (see serving/config/canary_policy.yaml)")
+    router.add_argument("--exposure-log", help="append one JSON line per request to this file")
+    router.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this HTTP port")
+    router.add_argument("--model-name", default="crocodile", help="the model this router serves")
+    router.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024,
+                        help="largest request/response accepted (gRPC RESOURCE_EXHAUSTED beyond)")
+    router.set_defaults(handler=run_router)
+
+    score = subparsers.add_parser("score", help="score candidates for one user over gRPC (Regress, ExampleListWithContext)")
+    score.add_argument("--target", required=True, help="HOST:PORT of the router or a model server")
+    score.add_argument("--domain", type=int, required=True, help="domain id")
+    score.add_argument("--user", required=True, help="user id")
+    score.add_argument("--items", required=True, help="comma-separated item ids")
+    score.add_argument("--features", help='JSON (or @FILE): {"context": {...}, "items": {"ITEM": {...}}}')
+    score.add_argument("--label", choices=("stable", "canary"), help="ask for this label instead of the router's choice")
+    score.add_argument("--model-name", default="crocodile")
+    score.set_defaults(handler=run_score)
+
+    rollout = subparsers.add_parser("rollout", help="point the stable/canary labels at versions, safely")
+    rollout.add_argument("--config", required=True, help="model config file to rewrite")
+    rollout.add_argument("--stable", type=int, required=True, help="version for the stable label")
+    rollout.add_argument("--canary", type=int, required=True, help="version for the canary label")
+    rollout.add_argument("--server", help="HOST:PORT: load, move labels and prune through HandleReloadConfigRequest")
+    rollout.add_argument("--model-name", help="model to change (default: the only one in the file)")
+    rollout.add_argument("--wait-seconds", type=float, default=120.0, help="how long to wait for versions to load")
+    rollout.set_defaults(handler=run_rollout)
+
+
+def _configure_logging():
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _wait_for_signal() -> str:
+    """Blocks until SIGTERM or SIGINT; returns the signal's name."""
+    received = []
+    stop = threading.Event()
+
+    def on_signal(number, _frame):
+        received.append(signal.Signals(number).name)
+        stop.set()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    return received[0]
+
+
+def _poll_config(core, path, every_s, stop: threading.Event):
+    from crocodile.serving import model_config, status
+    last = None
+    while not stop.wait(every_s):
+        try:
+            config = model_config.read_model_config(path)
+            if config != last:
+                core.reload_config(config)
+                last = config
+        except (UserError, status.ServingError) as error:
+            logging.getLogger(__name__).error("config poll: %s", error)
+
+
+def run_model_server(args) -> int:
+    _configure_logging()
+    from crocodile.serving import model_config, status, tf_serving_protos
+    from crocodile.serving.batching import BatchingOptions
+    from crocodile.serving.model_server import build_server, parse_grpc_channel_arguments
+    from crocodile.serving.server_core import ServerCore
+
+    if args.batching_parameters_file and not args.enable_batching:
+        raise UserError("--batching_parameters_file is set without setting --enable_batching")
+    batching = None
+    if args.enable_batching:
+        try:
+            params = (tf_serving_protos.read_batching_parameters(args.batching_parameters_file)
+                      if args.batching_parameters_file else tf_serving_protos.BatchingParameters())
+            batching = BatchingOptions.from_proto(params)
+        except (OSError, ValueError) as error:
+            raise UserError(f"--batching_parameters_file: {error}") from None
+    try:
+        grpc_options = parse_grpc_channel_arguments(args.grpc_channel_arguments)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    core = ServerCore(args.allow_version_labels_for_unavailable_models)
+    config = model_config.read_model_config(args.model_config_file)
+    try:
+        core.reload_config(config)
+    except status.ServingError as error:
+        raise UserError(f"--model_config_file {args.model_config_file}: {error.code.name}: {error.message}") from None
+    server, port, scheduler = build_server(core, args.port, batching, args.max_request_examples,
+                                           grpc_options, args.grpc_max_threads)
+    server.start()
+    print(f"model server listening on port {port}", flush=True)
+    stop_polling = threading.Event()
+    if args.model_config_file_poll_wait_seconds > 0:
+        threading.Thread(target=_poll_config, daemon=True, args=(
+            core, args.model_config_file, args.model_config_file_poll_wait_seconds, stop_polling)).start()
+    name = _wait_for_signal()
+    print(f"{name}: draining", flush=True)
+    stop_polling.set()
+    server.stop(SHUTDOWN_GRACE_S).wait()
+    if scheduler is not None:
+        scheduler.stop()
+    return 0
+
+
+def run_router(args) -> int:
+    _configure_logging()
+    from crocodile.serving.policy import CanaryPolicy
+    from crocodile.serving.router import Router, build_router_server, shutdown
+
+    policy = CanaryPolicy.load(args.policy)
+    router = Router(args.backend, policy, model_name=args.model_name, exposure_log=args.exposure_log,
+                    max_message_bytes=args.max_message_bytes)
+    server, port = build_router_server(router, args.port)
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+        start_http_server(args.metrics_port, registry=router.metrics.registry)
+    server.start()
+    print(f"router listening on port {port}, backend {args.backend}, experiment {policy.experiment}", flush=True)
+    name = _wait_for_signal()
+    print(f"{name}: draining in-flight requests", flush=True)
+    shutdown(server, router, SHUTDOWN_GRACE_S)
+    print("router stopped; exposure log flushed", flush=True)
+    return 0
+
+
+def _read_features(text):
+    if not text:
+        return {}, {}
+    try:
+        if text.startswith("@"):
+            with open(text[1:]) as f:
+                text = f.read()
+        data = json.loads(text)
+    except (OSError, ValueError) as error:
+        raise UserError(f"--features: {error}") from None
+    if not isinstance(data, dict) or set(data) - {"context", "items"}:
+        raise UserError('--features: expected {"context": {...}, "items": {"ITEM_ID": {...}}}')
+    return data.get("context") or {}, data.get("items") or {}
+
+
+def run_score(args) -> int:
+    import grpc
+
+    from crocodile.model.features import ITEM_KEY
+    from crocodile.serving.client import ScoringClient
+
+    items = [item.strip() for item in args.items.split(",") if item.strip()]
+    if not items:
+        raise UserError("--items: give at least one item id")
+    context, item_features = _read_features(args.features)
+    candidates = [dict(item_features.get(item, {}), **{ITEM_KEY: item}) for item in items]
+    with ScoringClient(args.target, model_name=args.model_name) as client:
+        try:
+            result = client.regress(args.domain, args.user, candidates, context=context, label=args.label)
+        except grpc.RpcError as error:
+            raise UserError(f"--target {args.target}: {error.code().name}: {error.details()}") from None
+    print(f"user {args.user} domain {args.domain}: arm={result.arm} version={result.version}")
+    order = sorted(range(len(items)), key=lambda i: -result.scores[i])
+    for rank, index in enumerate(order, start=1):
+        print(f"{rank:>3}  {items[index]:<20} {result.scores[index]:.6f}")
+    return 0
+
+
+def run_rollout(args) -> int:
+    from crocodile.serving.rollout import ServerClient, rollout
+
+    server = ServerClient(args.server) if args.server else None
+    try:
+        rollout(args.config, args.stable, args.canary, server=server, model_name=args.model_name,
+                wait_s=args.wait_seconds)
+    finally:
+        if server is not None:
+            server.close()
+    return 0
