@@ -13,7 +13,8 @@ from crocodile.errors import UserError
 
 # Order is the order in `crocodile --help`.
 AREA_CLI_MODULES = (
-    "crocodile.simulation.cli",   # data generate|describe|convert, abtest live|offline
+    "crocodile.simulation.cli",   # data generate|describe|convert
+    "crocodile.simulation.abtest_cli",  # abtest live|offline
     "crocodile.model.cli",        # benchmark quality|speed
     "crocodile.pipeline.cli",     # pipeline run|compile
     "crocodile.serving.cli",      # model-server, router, score, rollout
