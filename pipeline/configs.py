@@ -1,0 +1,98 @@
+"""Constants and defaults of the TFX pipeline, in one place.
+
+The pipeline factory (``pipeline.py``), the trainer (``trainer.py``), the runners
+(``runners.py``), the CLI and the benchmark read these names; nothing else hard-codes
+them.
+"""
+# Kubeflow Pipelines accepts only [a-z0-9][a-z0-9-]{0,127} as a pipeline name.
+PIPELINE_NAME = "crocodile"
+# Model name on TF Serving: the pushed layout is <serving_dir>/<SERVING_MODEL_NAME>/<version>/.
+SERVING_MODEL_NAME = "crocodile"
+# Registry name of the model trained when none is given (crocodile.model.registry).
+DEFAULT_MODEL = "crocodile"
+
+# Dotted paths: Transform and Trainer import these from the installed package (no module
+# file, so no user-module wheel is built and the Docker image needs nothing extra).
+PREPROCESSING_FN = "crocodile.pipeline.preprocessing.preprocessing_fn"
+RUN_FN = "crocodile.pipeline.trainer.run_fn"
+
+# ExampleGen output split by hash buckets: 4/5 train, 1/5 eval (same share as
+# crocodile.pipeline.transform_local's default eval_fraction).
+TRAIN_SPLIT, EVAL_SPLIT = "train", "eval"
+SPLIT_BUCKETS = {TRAIN_SPLIT: 4, EVAL_SPLIT: 1}
+EVAL_FRACTION = SPLIT_BUCKETS[EVAL_SPLIT] / sum(SPLIT_BUCKETS.values())
+
+# Trainer defaults. train_steps are optimiser steps over all epochs; the trainer splits
+# them into TRAIN_EPOCHS epochs so early stopping on validation AUC has epochs to compare.
+TRAIN_STEPS = 2000
+EVAL_STEPS = 100
+TRAIN_EPOCHS = 5
+TRAIN_BATCH_SIZE = 1024
+EVAL_BATCH_SIZE = 1024
+# tf.distribute strategy for the trainer: "auto" = MultiWorkerMirrored when TF_CONFIG names
+# several workers, Mirrored when GPUs are visible, else the default (one-device) strategy.
+DISTRIBUTION_STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+DEFAULT_DISTRIBUTION_STRATEGY = "auto"
+
+# Evaluator (TFMA). Thresholds are our choice (I): the paper compares models by AUC.
+# The candidate must beat a random ranker overall, may lose at most
+# OVERALL_AUC_MAX_DROP of AUC against the blessed baseline overall, and at most
+# DOMAIN_AUC_MAX_DROP in each domain that has enough eval rows (small domains are noisier).
+LABEL_KEY = "click"
+PREDICTION_KEY = "outputs"
+SLICE_FEATURE = "domain_id"
+OVERALL_AUC_LOWER_BOUND = 0.5
+OVERALL_AUC_MAX_DROP = 0.002
+DOMAIN_AUC_MAX_DROP = 0.01
+# A domain gets an AUC threshold only when the eval split is expected to hold at least
+# DOMAIN_THRESHOLD_MARGIN x MIN_DOMAIN_EVAL_ROWS of its rows (an AUC over fewer rows is
+# noise; the margin covers the hash split's randomness). TFMA's own min_slice_size is
+# left at 1 on purpose: in TFMA 0.47 a slice under min_slice_size has no metrics, and the
+# validator then fails EVERY configured threshold on it ("Metric not found"), whichever
+# slice the threshold names, so one small domain would un-bless every model.
+MIN_DOMAIN_EVAL_ROWS = 50
+DOMAIN_THRESHOLD_MARGIN = 2
+
+# Beam. Transform, StatisticsGen, Evaluator etc. run on Beam. Worker processes inherit the
+# launching process's environment, which has TF_USE_LEGACY_KERAS=1 (crocodile/__init__.py).
+DIRECT_RUNNER_ARGS = (
+    "--direct_running_mode=multi_processing",
+    "--direct_num_workers=0",  # 0 = one worker per CPU core
+)
+TFX_IMAGE = "gcr.io/tfx-oss-public/tfx:1.16.0"
+DEFAULT_PIPELINE_IMAGE = "crocodile-pipeline:latest"
+# Templates for other Beam runners (placeholders in <...>); README explains each.
+DATAFLOW_ARGS = (
+    "--runner=DataflowRunner",
+    "--project=<gcp-project>",
+    "--region=<region>",
+    "--temp_location=gs://<bucket>/tmp",
+    "--machine_type=e2-standard-8",
+    "--disk_size_gb=50",
+    "--experiments=use_runner_v2",
+    f"--sdk_container_image={DEFAULT_PIPELINE_IMAGE}",
+)
+FLINK_ARGS = (
+    "--runner=FlinkRunner",
+    "--flink_master=<host>:8081",
+    "--flink_submit_uber_jar",
+    "--parallelism=<N>",
+    "--environment_type=DOCKER",
+    f"--environment_config={DEFAULT_PIPELINE_IMAGE}",
+)
+SPARK_ARGS = (
+    "--runner=SparkRunner",
+    "--spark_rest_url=http://<host>:6066",
+    "--spark_submit_uber_jar",
+    "--environment_type=DOCKER",
+    f"--environment_config={DEFAULT_PIPELINE_IMAGE}",
+)
+BEAM_ARG_PRESETS = {
+    "direct": DIRECT_RUNNER_ARGS,
+    "dataflow": DATAFLOW_ARGS,
+    "flink": FLINK_ARGS,
+    "spark": SPARK_ARGS,
+}
+
+# Where the local runner keeps ML Metadata, under the pipeline root.
+METADATA_FILENAME = "metadata.sqlite"
