@@ -1,5 +1,176 @@
-"""`crocodile` subcommands of crocodile.pipeline (registered by crocodile.cli)."""
+"""`crocodile pipeline run|compile` (registered by crocodile.cli)."""
+import argparse
+import json
+import os
+
+from crocodile.errors import UserError
+
+# Kept here (not imported from configs) so `crocodile --help` imports nothing heavy.
+_DEFAULT_TRAIN_STEPS = 2000
+_DEFAULT_EVAL_STEPS = 100
+_DEFAULT_EPOCHS = 5
+_DEFAULT_BATCH_SIZE = 1024
+
+
+def _add_common_arguments(parser) -> None:
+    parser.add_argument("--model", default="crocodile", help="model registry name (default: crocodile)")
+    parser.add_argument("--hparams", default="{}", help="model hyperparameters as a JSON object")
+    parser.add_argument("--train-steps", type=int, default=_DEFAULT_TRAIN_STEPS,
+                        help="optimiser steps over all epochs")
+    parser.add_argument("--eval-steps", type=int, default=_DEFAULT_EVAL_STEPS,
+                        help="validation batches per epoch")
+    parser.add_argument("--epochs", type=int, default=_DEFAULT_EPOCHS,
+                        help="train steps are split into this many epochs (early stopping compares them)")
+    parser.add_argument("--batch-size", type=int, default=_DEFAULT_BATCH_SIZE)
+    parser.add_argument("--strategy", default="auto",
+                        choices=("auto", "default", "mirrored", "multi_worker"),
+                        help="tf.distribute strategy of the trainer")
+    parser.add_argument("--schema", default=None,
+                        help="curated schema.pbtxt for ImportSchemaGen (default: inferred, then curated)")
+    parser.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
+                        help="Beam pipeline option, repeatable (e.g. --beam-arg=--runner=DataflowRunner); "
+                             "without --runner the DirectRunner runs in multi-processing mode")
 
 
 def register(subparsers) -> None:
-    """Adds this area's subcommands. Handlers import heavy modules lazily."""
+    """Adds `pipeline run` and `pipeline compile`. Handlers import TFX lazily."""
+    parser = subparsers.add_parser("pipeline", help="TFX pipeline: run locally or compile for Kubeflow")
+    commands = parser.add_subparsers(dest="pipeline_command", metavar="SUBCOMMAND", required=True)
+
+    run = commands.add_parser(
+        "run", help="run the TFX pipeline locally (LocalDagRunner, Beam DirectRunner)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run.add_argument("--data", required=True, help="data folder with logs/ and feature_config.json")
+    run.add_argument("--pipeline-root", required=True, help="artifacts and ML Metadata (SQLite) go here")
+    run.add_argument("--serving-dir", required=True,
+                     help="model base path root: blessed models go to SERVING_DIR/crocodile/<version>/")
+    run.add_argument("--no-cache", action="store_true", help="re-run every component")
+    run.add_argument("--verbose", action="store_true", help="show TFX and Beam INFO logs")
+    _add_common_arguments(run)
+    run.set_defaults(handler=run_pipeline)
+
+    compile_ = commands.add_parser(
+        "compile", help="compile the pipeline for Kubeflow Pipelines (KFP v2 YAML)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    compile_.add_argument("--out", required=True, help="output .yaml (what kfp.Client uploads)")
+    compile_.add_argument("--image", default="crocodile-pipeline:latest",
+                          help="container image of every component (docker/Dockerfile.pipeline)")
+    compile_.add_argument("--data", default="/mnt/crocodile/data",
+                          help="data folder as the cluster sees it (gs://, a mounted volume...)")
+    compile_.add_argument("--pipeline-root", default="/mnt/crocodile/pipeline_root")
+    compile_.add_argument("--serving-dir", default="/mnt/crocodile/serving")
+    compile_.add_argument("--format", choices=("csv", "tfrecord"), default=None,
+                          help="log format (default: detected when --data is a local folder, else csv)")
+    compile_.add_argument("--feature-config", default=None,
+                          help="local feature_config.json (default: DATA's when local, else the world's)")
+    compile_.add_argument("--threshold-domains", default=None,
+                          help="comma-separated domain ids with per-domain Evaluator thresholds "
+                               "(default: counted from --data when local, else none)")
+    _add_common_arguments(compile_)
+    compile_.set_defaults(handler=compile_pipeline)
+
+
+def _hparams(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"--hparams is not valid JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise UserError("--hparams must be a JSON object, e.g. '{\"learning_rate\": 0.001}'")
+    return value
+
+
+def _check_model_name(name: str) -> None:
+    from crocodile.model import registry
+
+    if name not in registry.MODEL_NAMES:
+        raise UserError(f"--model {name!r} is not a registered model; choose from {sorted(registry.MODEL_NAMES)}")
+
+
+def beam_args(user_args) -> list:
+    """DirectRunner multi-processing defaults unless the user picks a runner; user args win."""
+    from crocodile.pipeline import configs
+
+    if any(arg.startswith("--runner") for arg in user_args):
+        return list(user_args)
+    return list(configs.DIRECT_RUNNER_ARGS) + list(user_args)
+
+
+def _pipeline_kwargs(args, feature_config) -> dict:
+    if args.train_steps < 1 or args.eval_steps < 1 or args.epochs < 1 or args.batch_size < 1:
+        raise UserError("--train-steps, --eval-steps, --epochs and --batch-size must be >= 1")
+    if args.schema and not os.path.exists(args.schema) and "://" not in args.schema:
+        raise UserError(f"--schema {args.schema}: no such file")
+    _check_model_name(args.model)
+    return dict(
+        serving_dir=args.serving_dir, feature_config=feature_config, model_name=args.model,
+        hparams=_hparams(args.hparams), train_steps=args.train_steps, eval_steps=args.eval_steps,
+        epochs=args.epochs, batch_size=args.batch_size, distribution_strategy=args.strategy,
+        schema_path=args.schema, beam_pipeline_args=beam_args(args.beam_arg))
+
+
+def run_pipeline(args) -> int:
+    from crocodile.pipeline import data_source, evaluation, runners
+    from crocodile.pipeline.components import DataValidationError
+    from crocodile.pipeline.pipeline import create_pipeline
+
+    if not os.path.isdir(args.data):
+        raise UserError(f"--data {args.data}: no such folder")
+    feature_config = data_source.load_feature_config(args.data)
+    input_format = data_source.detect_format(args.data)
+    kwargs = _pipeline_kwargs(args, feature_config)
+    domains = evaluation.domains_with_enough_rows(data_source.count_domains(args.data))
+    pipeline_root = os.path.abspath(args.pipeline_root)
+    os.makedirs(pipeline_root, exist_ok=True)
+    kwargs["serving_dir"] = os.path.abspath(args.serving_dir)
+    pipeline = create_pipeline(
+        pipeline_root=pipeline_root,
+        input_base=os.path.abspath(data_source.logs_dir(args.data)),
+        input_format=input_format,
+        threshold_domains=domains,
+        metadata_connection_config=runners.metadata_connection_config(pipeline_root),
+        enable_cache=not args.no_cache,
+        **kwargs)
+    print(f"pipeline {pipeline.pipeline_info.pipeline_name}: model {args.model}, {input_format} logs "
+          f"in {args.data}, per-domain thresholds for domains {domains}, "
+          f"ML Metadata in {runners.metadata_path(pipeline_root)}", flush=True)
+    try:
+        outcome = runners.run_local(pipeline, verbose=args.verbose)
+    except DataValidationError as error:
+        raise UserError(str(error)) from error
+    print(outcome.describe(), flush=True)
+    return 0
+
+
+def compile_pipeline(args) -> int:
+    from crocodile.model.features import WORLD_FEATURES, FeatureConfig
+    from crocodile.pipeline import data_source, evaluation, runners
+    from crocodile.pipeline.pipeline import create_pipeline
+
+    local_data = os.path.isdir(args.data)
+    if args.feature_config:
+        feature_config = FeatureConfig.load(args.feature_config)
+    else:
+        feature_config = data_source.load_feature_config(args.data) if local_data else WORLD_FEATURES
+    input_format = args.format or (data_source.detect_format(args.data) if local_data else "csv")
+    if args.threshold_domains is not None:
+        try:
+            domains = [int(d) for d in args.threshold_domains.split(",") if d.strip()]
+        except ValueError as error:
+            raise UserError(f"--threshold-domains {args.threshold_domains!r}: {error}") from error
+    else:
+        domains = evaluation.domains_with_enough_rows(data_source.count_domains(args.data)) \
+            if local_data else []
+    pipeline = create_pipeline(
+        pipeline_root=args.pipeline_root,
+        input_base=f"{args.data.rstrip('/')}/{data_source.LOGS_SUBDIR}",
+        input_format=input_format,
+        threshold_domains=domains,
+        **_pipeline_kwargs(args, feature_config))
+    try:
+        path = runners.compile_kubeflow(pipeline, args.out, args.image)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    print(f"wrote {path} (KFP v2 pipeline spec; image {args.image}; "
+          f"per-domain thresholds for domains {domains})")
+    return 0

@@ -1,0 +1,180 @@
+"""Run the pipeline locally (LocalDagRunner + SQLite ML Metadata) or compile it for Kubeflow.
+
+``run_local`` prints one progress line per component and returns what happened
+(``RunOutcome``: blessed or not, pushed where), read back from ML Metadata.
+``compile_kubeflow`` writes a KFP v2 PipelineSpec YAML (what ``kfp.Client`` uploads).
+"""
+import contextlib
+import dataclasses
+import logging as std_logging
+import os
+import time
+from typing import List, Optional
+
+from absl import logging
+from tfx import v1 as tfx
+from tfx.orchestration import metadata
+
+from crocodile.pipeline import configs
+
+
+def metadata_path(pipeline_root: str) -> str:
+    return os.path.join(pipeline_root, configs.METADATA_FILENAME)
+
+
+def metadata_connection_config(pipeline_root: str):
+    return tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path(pipeline_root))
+
+
+@contextlib.contextmanager
+def _component_progress(printer):
+    """Prints one line when each component starts and one when it ends, with its duration.
+
+    LocalDagRunner runs the components one after another through
+    ``tfx.orchestration.portable.launcher.Launcher``; for the duration of the run that
+    class is swapped for a subclass that reports around ``launch()``. (TFX's own
+    "Component X is running" log lines stop reaching handlers once Beam jobs have run,
+    so they cannot drive progress output.)
+    """
+    from tfx.orchestration.portable import launcher as launcher_module
+
+    original = launcher_module.Launcher
+
+    class ProgressLauncher(original):
+        def launch(self):
+            node_id = self._pipeline_node.node_info.id
+            printer(f"[{time.strftime('%H:%M:%S')}] {node_id}: running")
+            started = time.time()
+            try:
+                execution_info = super().launch()
+            except Exception:
+                printer(f"[{time.strftime('%H:%M:%S')}] {node_id}: FAILED after "
+                        f"{time.time() - started:.1f} s")
+                raise
+            how = "done" if execution_info is not None else "cached"
+            printer(f"[{time.strftime('%H:%M:%S')}] {node_id}: {how} in {time.time() - started:.1f} s")
+            return execution_info
+
+    launcher_module.Launcher = ProgressLauncher
+    try:
+        yield
+    finally:
+        launcher_module.Launcher = original
+
+
+@dataclasses.dataclass
+class RunOutcome:
+    blessed: bool
+    pushed: bool
+    pushed_destination: Optional[str]
+    validation_failures: List[str]
+
+    def describe(self) -> str:
+        lines = [f"model blessed: {'yes' if self.blessed else 'no'}"]
+        lines += [f"  failed check: {line}" for line in self.validation_failures]
+        lines.append(f"pushed to: {self.pushed_destination}" if self.pushed
+                     else "pushed: no (the serving directory is unchanged)")
+        return "\n".join(lines)
+
+
+def _latest_artifact(store, type_name: str):
+    artifacts = store.get_artifacts_by_type(type_name)
+    return max(artifacts, key=lambda a: a.id) if artifacts else None
+
+
+def _custom(artifact, key: str, default=None):
+    if artifact is None or key not in artifact.custom_properties:
+        return default
+    value = artifact.custom_properties[key]
+    return value.int_value if value.HasField("int_value") else value.string_value
+
+
+def _describe_failure(failure) -> str:
+    """E.g. 'AUC change vs baseline = -0.01234, needs >= -0.002'."""
+    name = failure.metric_key.name
+    value = failure.metric_value.double_value.value
+    threshold = failure.metric_threshold
+    if failure.message:
+        return f"{name}: {failure.message.strip()}"
+    if threshold.HasField("change_threshold"):
+        return (f"{name} change vs baseline = {value:+.5f}, needs >= "
+                f"{threshold.change_threshold.absolute.value:+.5f}")
+    bound = threshold.value_threshold
+    parts = []
+    if bound.HasField("lower_bound"):
+        parts.append(f">= {bound.lower_bound.value:g}")
+    if bound.HasField("upper_bound"):
+        parts.append(f"<= {bound.upper_bound.value:g}")
+    return f"{name} = {value:.5f}, needs {' and '.join(parts)}"
+
+
+def validation_failures(evaluation_uri: str) -> List[str]:
+    """Readable lines for each failed TFMA threshold and missing slice of an evaluation."""
+    import tensorflow_model_analysis as tfma
+
+    result = tfma.load_validation_result(evaluation_uri)
+    lines = []
+    for per_slice in result.metric_validations_per_slice:
+        where = per_slice.slice_key.single_slice_keys
+        slice_name = ", ".join(f"{k.column}={k.int64_value or k.bytes_value.decode() or k.float_value}"
+                               for k in where) or "overall"
+        for failure in per_slice.failures:
+            lines.append(f"{slice_name}: {_describe_failure(failure)}")
+    for missing in result.missing_slices:
+        lines.append(f"missing slice {dict(missing.feature_values)}")
+    return lines
+
+
+def read_outcome(pipeline_root: str) -> RunOutcome:
+    """Blessing and push of the latest run recorded under ``pipeline_root``."""
+    with metadata.Metadata(metadata_connection_config(pipeline_root)) as m:
+        blessing = _latest_artifact(m.store, "ModelBlessing")
+        pushed_model = _latest_artifact(m.store, "PushedModel")
+        evaluation = _latest_artifact(m.store, "ModelEvaluation")
+    blessed = bool(_custom(blessing, "blessed", 0))
+    pushed = bool(_custom(pushed_model, "pushed", 0))
+    failures = validation_failures(evaluation.uri) if evaluation is not None and not blessed else []
+    return RunOutcome(blessed=blessed, pushed=pushed,
+                      pushed_destination=_custom(pushed_model, "pushed_destination") if pushed else None,
+                      validation_failures=failures)
+
+
+def _print_flush(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_local(pipeline, printer=_print_flush, verbose: bool = False) -> RunOutcome:
+    """Runs ``pipeline`` with LocalDagRunner; its metadata config must point at SQLite."""
+    absl_logger = logging.get_absl_logger()
+    saved = absl_logger.level, absl_logger.propagate
+    if verbose:
+        std_logging.basicConfig(level=std_logging.INFO)
+        absl_logger.setLevel(std_logging.INFO)
+    else:  # TFX logs every step through absl; keep the console to progress lines.
+        absl_logger.propagate = False
+        quiet = std_logging.NullHandler()
+        absl_logger.addHandler(quiet)
+    try:
+        with _component_progress(printer):
+            tfx.orchestration.LocalDagRunner().run(pipeline)
+    finally:
+        if not verbose:
+            absl_logger.removeHandler(quiet)
+        absl_logger.setLevel(saved[0])
+        absl_logger.propagate = saved[1]
+    return read_outcome(pipeline.pipeline_info.pipeline_root)
+
+
+def compile_kubeflow(pipeline, output_file: str, image: str) -> str:
+    """Writes the KFP v2 PipelineSpec for ``pipeline`` with ``image`` on every component."""
+    if not output_file.endswith((".yaml", ".yml")):
+        # kfp.Client uploads only .yaml/.yml (and archives); JSON is Vertex's PipelineJob.
+        raise ValueError(f"{output_file}: the compiled pipeline must be a .yaml or .yml file")
+    output_dir = os.path.dirname(os.path.abspath(output_file))
+    os.makedirs(output_dir, exist_ok=True)
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
+        output_dir=output_dir,
+        output_filename=os.path.basename(output_file))
+    runner.run(pipeline, write_out=True)
+    return os.path.join(output_dir, os.path.basename(output_file))

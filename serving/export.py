@@ -1,0 +1,112 @@
+"""Serving export: a SavedModel with the inference path only.
+
+The root object is a bare ``tf.Module`` that tracks exactly two things: the model's
+``network`` (the whole inference path, crocodile.model API) and the TFT layer.
+``tf.saved_model.save`` writes every object reachable from the root, so saving the
+training model (a tfrs.Model) would also write its optimizer slots, metrics and any
+training-only loss variables; this root cannot reach them.
+
+Signatures (CONTRACTS "Export"):
+- ``serving_default``: ``examples`` [N] serialized tf.Example (raw features, no label)
+  -> ``{'outputs': float32 [N]}`` click probability (Predict API; TFX, TFMA defaults).
+- ``regress``: ``inputs`` [N] -> ``{'outputs': float32 [N]}`` with method name
+  ``tensorflow/serving/regress``, so TF Serving's Regress API (ExampleListWithContext:
+  user and domain sent once, candidates as a list) accepts it.
+- ``transform_features``: ``examples`` -> transformed features (TFMA preprocessing).
+
+Requests are parsed with the raw feature spec restricted to the model's inputs: the
+label and log-only columns (purchase, position, request_id, timestamp) are not parsed,
+so serving requests need not carry them. A request missing a model input fails parsing
+(INVALID_ARGUMENT) instead of being scored with made-up values.
+"""
+import os
+from typing import Dict
+
+import tensorflow as tf
+
+from crocodile.model.features import DOMAIN_KEY, FeatureConfig, transformed_name
+
+REGRESS_METHOD_NAME = "tensorflow/serving/regress"
+OUTPUT_KEY = "outputs"
+
+
+def serving_feature_spec(tft_output, feature_config: FeatureConfig) -> Dict[str, tf.io.FixedLenFeature]:
+    """The raw feature spec limited to the columns the model reads."""
+    raw_spec = tft_output.raw_feature_spec()
+    wanted = set(feature_config.raw_feature_columns)
+    missing = wanted - set(raw_spec)
+    if missing:
+        raise ValueError(f"raw schema lacks model input columns {sorted(missing)}")
+    return {key: spec for key, spec in raw_spec.items() if key in wanted}
+
+
+def model_input_keys(feature_config: FeatureConfig):
+    """Transformed feature names the network reads (CONTRACTS: Model API)."""
+    keys = [transformed_name(k) for k in (*feature_config.categorical, *feature_config.numeric)]
+    return keys + [transformed_name(DOMAIN_KEY)]
+
+
+class ServingModule(tf.Module):
+    """Root of the exported SavedModel; tracks ``network`` and ``tft_layer`` only."""
+
+    def __init__(self, network, tft_layer, feature_spec, input_keys):
+        super().__init__(name="crocodile_serving")
+        self.network = network
+        self.tft_layer = tft_layer
+        # Plain Python containers of non-trackables: not saved as objects.
+        self._feature_spec = dict(feature_spec)
+        self._input_keys = tuple(input_keys)
+
+    def _transform(self, serialized):
+        raw = tf.io.parse_example(serialized, self._feature_spec)
+        return self.tft_layer(raw)
+
+    def _probability(self, serialized):
+        transformed = self._transform(serialized)
+        features = {key: transformed[key] for key in self._input_keys}
+        probability = self.network(features, training=False)["probability"]
+        return tf.reshape(tf.cast(probability, tf.float32), [-1])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve_examples(self, examples):
+        return {OUTPUT_KEY: self._probability(examples)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def regress(self, inputs):
+        return {OUTPUT_KEY: self._probability(inputs)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def transform_features(self, examples):
+        return self._transform(examples)
+
+
+def _set_method_name(export_dir: str, signature_key: str, method_name: str) -> None:
+    """TF2's saver writes every signature as Predict; TF Serving's Regress wants its own name."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = os.path.join(export_dir, "saved_model.pb")
+    saved_model = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        saved_model.ParseFromString(f.read())
+    for meta_graph in saved_model.meta_graphs:
+        meta_graph.signature_def[signature_key].method_name = method_name
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(saved_model.SerializeToString())
+
+
+def export_serving_model(network, tft_output, feature_config: FeatureConfig, export_dir: str) -> str:
+    """Writes the serving SavedModel to ``export_dir`` and returns it."""
+    module = ServingModule(
+        network=network,
+        tft_layer=tft_output.transform_features_layer(),
+        feature_spec=serving_feature_spec(tft_output, feature_config),
+        input_keys=model_input_keys(feature_config),
+    )
+    signatures = {
+        "serving_default": module.serve_examples.get_concrete_function(),
+        "regress": module.regress.get_concrete_function(),
+        "transform_features": module.transform_features.get_concrete_function(),
+    }
+    tf.saved_model.save(module, export_dir, signatures=signatures)
+    _set_method_name(export_dir, "regress", REGRESS_METHOD_NAME)
+    return export_dir
