@@ -38,9 +38,11 @@ class ToyRanker(tf.Module):
         features = tf.io.parse_example(serialized, self._spec)
         domain = features[DOMAIN_KEY]
         num_domains = self._config.num_domains
-        tf.debugging.assert_non_negative(domain, message="domain_id must be in [0, num_domains)")
-        tf.debugging.assert_less(domain, tf.constant(num_domains, tf.int64),
-                                 message=f"domain_id must be in [0, {num_domains})")
+        checks = [tf.debugging.assert_non_negative(domain, message=f"domain_id must be in [0, {num_domains})"),
+                  tf.debugging.assert_less(domain, tf.constant(num_domains, tf.int64),
+                                           message=f"domain_id must be in [0, {num_domains})")]
+        with tf.control_dependencies(checks):  # the range check runs before any lookup by domain
+            domain = tf.identity(domain)
         logit = tf.gather(self.domain_bias, domain)
         for key in self._config.categorical:
             bucket = tf.strings.to_hash_bucket_fast(features[key], HASH_BUCKETS)
