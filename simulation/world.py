@@ -31,7 +31,7 @@ from crocodile.errors import UserError
 
 CONFIG_FILE = "world_config.json"
 ARRAYS_FILE = "world_arrays.npz"
-CALIBRATION_REQUESTS_PER_DOMAIN = 4000  # logged requests simulated per domain to calibrate alpha_d
+CALIBRATION_REQUESTS_PER_DOMAIN = 10000  # logged requests simulated per domain to calibrate alpha_d
 
 
 def sigmoid(x):
