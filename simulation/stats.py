@@ -41,6 +41,10 @@ from scipy import stats as sps
 ALPHA = 0.05
 POWER = 0.80
 SRM_ALARM_P = 0.001
+# Below this many users in an arm the normal approximations are rough: impressions per user
+# are heavy-tailed, so a few heavy users dominate (A/A runs with ~50 users in an arm gave
+# about 10% false positives at alpha 0.05). The report flags such domains.
+MIN_USERS_PER_ARM = 200
 
 # metric name -> (numerator field, denominator field or None for "per user")
 METRICS: Dict[str, tuple] = {
@@ -178,8 +182,9 @@ def welch_comparison(y_stable, y_canary, metric="mean", alpha=ALPHA, power=POWER
         p_value = float(2 * sps.t.sf(abs(abs_lift) / se_abs, dof))
     else:
         t_crit, p_value = _z(alpha), float("nan")
-    rel_lift = float(m_c / m_s - 1)
-    se_rel = float(np.sqrt(v_c / m_s ** 2 + m_c ** 2 * v_s / m_s ** 4))
+    with np.errstate(divide="ignore", invalid="ignore"):  # no GMV at all in stable: no relative lift
+        rel_lift = float(m_c / m_s - 1)
+        se_rel = float(np.sqrt(v_c / m_s ** 2 + m_c ** 2 * v_s / m_s ** 4))
     z = _z(alpha)
     return Comparison(metric, "Welch t", float(m_s), float(m_c), abs_lift,
                       (abs_lift - t_crit * se_abs, abs_lift + t_crit * se_abs), rel_lift,
@@ -275,6 +280,20 @@ def _domain_result(cells: Cells, domain: int, share: float, alpha, power, use_cu
                        bool(srm_p < SRM_ALARM_P), metrics)
 
 
+def overall_comparison(cells: Cells, domains: List[int], metric: str, num_domains: int,
+                       alpha=ALPHA, power=POWER) -> Comparison:
+    """One metric over `domains`, post-stratified: the same domain weights for both arms."""
+    sub = cells.subset(np.isin(cells.domain, domains))
+    num_field, den_field = METRICS[metric]
+    if den_field:  # ratio metric: each domain's share of all impressions
+        weights = np.bincount(sub.domain, sub.impressions, minlength=num_domains)
+        weights = weights / weights.sum()
+    else:  # per-user metric: users of each domain per distinct user (a user may visit several)
+        weights = np.bincount(sub.domain, minlength=num_domains) / np.unique(sub.user).size
+    return stratified_ratio_comparison(sub.values(num_field), sub.values(den_field), sub.canary, sub.user,
+                                       sub.domain, weights, metric, alpha, power)
+
+
 def _overall_result(cells: Cells, shares: np.ndarray, in_experiment: List[int], alpha, power) -> ScopeResult:
     canary = cells.canary
     # One Bernoulli(share_d) per (user, domain) cell of the domains that are split at all.
@@ -286,19 +305,10 @@ def _overall_result(cells: Cells, shares: np.ndarray, in_experiment: List[int], 
         srm_stat = ((canary[split].sum() - expected_canary) ** 2 / expected_canary
                     + ((~canary[split]).sum() - (n_cells - expected_canary)) ** 2 / (n_cells - expected_canary))
         srm_p = float(sps.chi2.sf(srm_stat, 1))
-    num_domains = shares.size
     metrics = {}
-    keep = np.isin(cells.domain, in_experiment)
-    sub = cells.subset(keep)
-    if in_experiment and sub.user.size:
-        imps_by_domain = np.bincount(sub.domain, sub.impressions, minlength=num_domains)
-        users_by_domain = np.bincount(sub.domain, minlength=num_domains).astype(float)
-        distinct_users = np.unique(sub.user).size
-        for name, (num_field, den_field) in METRICS.items():
-            weights = (imps_by_domain / imps_by_domain.sum() if den_field
-                       else users_by_domain / distinct_users)
-            metrics[name] = stratified_ratio_comparison(sub.values(num_field), sub.values(den_field), sub.canary,
-                                                        sub.user, sub.domain, weights, name, alpha, power)
+    if in_experiment:
+        metrics = {name: overall_comparison(cells, in_experiment, name, shares.size, alpha, power)
+                   for name in METRICS}
     return ScopeResult("overall", float("nan"), int(np.unique(cells.user[~canary]).size),
                        int(np.unique(cells.user[canary]).size), float(cells.impressions[~canary].sum()),
                        float(cells.impressions[canary].sum()), srm_p, bool(srm_p < SRM_ALARM_P), metrics)
@@ -316,7 +326,8 @@ def analyze(cells: Cells, canary_shares, alpha: float = ALPHA, power: float = PO
     for domain in range(shares.size):
         domains.append(_domain_result(cells.subset(cells.domain == domain), domain, float(shares[domain]),
                                       alpha, power, use_cuped))
-    in_experiment = [d for d, r in enumerate(domains) if 0 < shares[d] < 1 and r.metrics]
+    # A NaN share means 'unknown policy': compared when both arms have users, SRM not computed.
+    in_experiment = [d for d, r in enumerate(domains) if shares[d] not in (0.0, 1.0) and r.metrics]
     for name in METRICS:
         p = np.array([domains[d].metrics[name].p_value for d in in_experiment])
         for d, p_h, p_b in zip(in_experiment, holm(p), benjamini_hochberg(p)):

@@ -1,0 +1,110 @@
+"""`crocodile abtest live|offline`: the simulated online A/B test and its report.
+
+Registered by crocodile.cli through `register(subparsers)`. TensorFlow, gRPC and matplotlib
+are imported inside the handlers so `crocodile --help` stays fast.
+"""
+import os
+import time
+
+from crocodile.errors import UserError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("abtest", help="simulated online A/B test of CTR and GMV (live or offline)")
+    modes = parser.add_subparsers(dest="abtest_mode", metavar="MODE", required=True)
+
+    live = modes.add_parser("live", help="send world traffic through the canary router over gRPC")
+    live.add_argument("--target", required=True, help="router address HOST:PORT")
+    live.add_argument("--world", required=True, help="data folder from `crocodile data generate`, or a world folder")
+    live.add_argument("--users", type=int, required=True, help="user visits to simulate (one request each)")
+    live.add_argument("--report", required=True, help="output folder for report.json/.md and plots")
+    live.add_argument("--policy", help="the router's policy YAML (enables the sample-ratio check)")
+    live.add_argument("--stable", help="stable SavedModel, to compute the oracle lift in-process (optional)")
+    live.add_argument("--canary", help="canary SavedModel, to compute the oracle lift in-process (optional)")
+    live.add_argument("--seed", type=int, default=0, help="seeds the traffic and the outcomes")
+    live.add_argument("--quiet", action="store_true", help="no progress bar")
+    live.set_defaults(handler=live_command)
+
+    offline = modes.add_parser("offline", help="score both SavedModels in-process; millions of impressions")
+    offline.add_argument("--stable", required=True, help="stable SavedModel (or a base path with versions)")
+    offline.add_argument("--canary", help="canary SavedModel (ignored with --aa)")
+    offline.add_argument("--policy", required=True, help="canary policy YAML (the router's assignment)")
+    offline.add_argument("--world", required=True, help="data folder from `crocodile data generate`, or a world folder")
+    offline.add_argument("--impressions", type=int, required=True, help="impressions to simulate (both arms)")
+    offline.add_argument("--report", required=True, help="output folder for report.json/.md and plots")
+    offline.add_argument("--aa", action="store_true", help="A/A test: the stable model in both arms")
+    offline.add_argument("--seed", type=int, default=0, help="seeds the traffic and the outcomes")
+    offline.add_argument("--quiet", action="store_true", help="no progress bar")
+    offline.set_defaults(handler=offline_command)
+
+
+def load_world(path: str):
+    from crocodile.simulation.world import World
+
+    nested = os.path.join(path, "world")
+    if not os.path.isdir(path):
+        raise UserError(f"--world {path}: no such folder")
+    return World.load(nested if os.path.isdir(nested) else path)
+
+
+def _positive(value: int, flag: str) -> int:
+    if value is None or value < 1:
+        raise UserError(f"{flag} must be a positive integer, got {value}")
+    return value
+
+
+def _finish(result, shares, meta: dict, report_dir: str, started: float) -> int:
+    from crocodile.simulation import report
+
+    meta["wall_seconds"] = round(time.time() - started, 1)
+    built = report.build_report(result, shares, meta)
+    paths = report.write_report(built, report_dir)
+    for line in report.conclusions(built):
+        print(line.replace("**", ""))
+    print(f"report: {paths['markdown']} (also {os.path.basename(paths['json'])}, "
+          f"{os.path.basename(paths['lift_plot'])}, {os.path.basename(paths['cumulative_plot'])})")
+    return 0
+
+
+def offline_command(args) -> int:
+    from crocodile.serving.policy import CanaryPolicy
+    from crocodile.simulation import abtest
+
+    started = time.time()
+    impressions = _positive(args.impressions, "--impressions")
+    if not args.aa and not args.canary:
+        raise UserError("--canary is required unless --aa is given")
+    world = load_world(args.world)
+    policy = CanaryPolicy.load(args.policy)
+    canary_path = args.stable if args.aa else args.canary
+    scorer = abtest.OfflineScorer(world, policy, args.stable, canary_path)
+    num_requests = max(1, -(-impressions // world.config.slate_size))
+    result = abtest.simulate(world, scorer, num_requests, seed=args.seed, progress=not args.quiet)
+    meta = {"mode": "offline A/A" if args.aa else "offline", "stable": args.stable, "canary": canary_path,
+            "policy": args.policy, "experiment": policy.experiment, "world": args.world,
+            "requests": num_requests, "impressions": int(result.impressions.sum()), "seed": args.seed}
+    return _finish(result, abtest.policy_canary_shares(policy, world.num_domains), meta, args.report, started)
+
+
+def live_command(args) -> int:
+    from crocodile.simulation import abtest
+
+    started = time.time()
+    visits = _positive(args.users, "--users")
+    world = load_world(args.world)
+    policy = None
+    if args.policy:
+        from crocodile.serving.policy import CanaryPolicy
+        policy = CanaryPolicy.load(args.policy)
+    oracle = None
+    if args.stable or args.canary:
+        if not (args.stable and args.canary):
+            raise UserError("--stable and --canary go together (both models are needed for the oracle lift)")
+        oracle = abtest.ModelPair(world, args.stable, args.canary)
+    scorer = abtest.LiveScorer(world, args.target, oracle)
+    result = abtest.simulate(world, scorer, visits, seed=args.seed, chunk=256, progress=not args.quiet)
+    versions = sorted({int(v) for v in result.version if v >= 0})
+    meta = {"mode": "live", "target": args.target, "policy": args.policy or "none (no SRM check)",
+            "world": args.world, "requests": visits, "impressions": int(result.impressions.sum()),
+            "model_versions_seen": versions, "seed": args.seed}
+    return _finish(result, abtest.policy_canary_shares(policy, world.num_domains), meta, args.report, started)

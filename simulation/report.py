@@ -1,0 +1,251 @@
+"""The A/B report: JSON (machine-readable), Markdown (tables and plain-words conclusions), PNG plots.
+
+Input: a `SimulationResult` (crocodile.simulation.abtest), the policy's canary share per
+domain and run metadata. Every estimate is printed beside the oracle (true) lift when the
+run knows it. The p-values are fixed-horizon; the cumulative plot shows how the estimate
+settles over simulated time and is not a licence to stop at the first significant point.
+"""
+import dataclasses
+import json
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from crocodile.simulation import stats
+from crocodile.simulation.abtest import SECONDS_PER_DAY, SimulationResult, oracle_lifts
+
+REPORT_JSON, REPORT_MD = "report.json", "report.md"
+LIFT_PLOT, CUMULATIVE_PLOT = "lift_by_domain.png", "cumulative_lift.png"
+CUMULATIVE_POINTS = 20
+METRIC_LABELS = {"ctr": "CTR", "clicks_per_user": "clicks/user", "gmv_per_user": "GMV/user"}
+
+
+def cumulative_lift(result: SimulationResult, shares: np.ndarray, metric: str = "ctr",
+                    points: int = CUMULATIVE_POINTS) -> List[dict]:
+    """Overall relative lift and interval on the data up to each of `points` times."""
+    rows = []
+    in_experiment = [d for d in range(result.num_domains) if shares[d] not in (0.0, 1.0)]
+    for upto in np.linspace(0, result.user.size, points + 1)[1:].astype(int):
+        cells = result.cells(upto)
+        present = [d for d in in_experiment
+                   if np.any(cells.canary[cells.domain == d]) and np.any(~cells.canary[cells.domain == d])]
+        if len(np.unique(cells.user)) < 3 or not present:
+            continue
+        comparison = stats.overall_comparison(cells, present, metric, result.num_domains)
+        rows.append({"day": float((result.timestamp[upto - 1] - result.timestamp[0]) / SECONDS_PER_DAY),
+                     "requests": int(upto), "rel_lift": comparison.rel_lift,
+                     "rel_ci": list(comparison.rel_ci), "p_value": comparison.p_value})
+    return rows
+
+
+def build_report(result: SimulationResult, shares, meta: dict, alpha=stats.ALPHA, power=stats.POWER) -> dict:
+    """Everything the report shows, as plain JSON-able data."""
+    shares = np.asarray(shares, np.float64)
+    analysis = stats.analyze(result.cells(), shares, alpha, power)
+    oracle = oracle_lifts(result)
+
+    def scope(scope_result: stats.ScopeResult) -> dict:
+        out = dataclasses.asdict(scope_result)
+        truth = (oracle or {}).get(scope_result.scope)
+        for name, metric in out["metrics"].items():
+            metric["oracle_rel_lift"] = None if truth is None else truth[name]
+            metric["oracle_in_ci"] = (None if truth is None or np.isnan(metric["rel_ci"][0])
+                                      else bool(metric["rel_ci"][0] <= truth[name] <= metric["rel_ci"][1]))
+        if truth is not None:
+            out["oracle_ctr_stable"], out["oracle_ctr_canary"] = truth["ctr_stable"], truth["ctr_canary"]
+        return out
+
+    return {
+        "meta": meta,
+        "alpha": alpha,
+        "power": power,
+        "multiple_comparison": analysis["multiple_comparison"],
+        "relative_lift_interval": "delta method",
+        "p_values": "fixed-horizon",
+        "srm_alarm_threshold": stats.SRM_ALARM_P,
+        "overall": scope(analysis["overall"]),
+        "domains": [scope(d) for d in analysis["domains"]],
+        "cumulative_ctr_lift": cumulative_lift(result, shares),
+        "oracle_overall_ctr_lift": None if oracle is None else oracle["overall"]["ctr"],
+    }
+
+
+def _pct(x, digits=2) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:+.{digits}f}%"
+
+
+def _ci(ci) -> str:
+    return "n/a" if ci is None or np.isnan(ci[0]) else f"[{100 * ci[0]:+.2f}%, {100 * ci[1]:+.2f}%]"
+
+
+def _p(p) -> str:
+    return "n/a" if p is None or np.isnan(p) else (f"{p:.2g}" if p >= 1e-4 else "<1e-4")
+
+
+def conclusions(report: dict) -> List[str]:
+    """What a reader may conclude, in plain words."""
+    alpha, lines = report["alpha"], []
+    overall = report["overall"]
+    if overall["srm_alarm"]:
+        lines.append(f"**Sample ratio mismatch** overall (p = {_p(overall['srm_p'])}): the split of users does "
+                     "not match the policy. Find the cause before trusting any lift below.")
+    for d in report["domains"]:
+        if d["srm_alarm"]:
+            lines.append(f"**Sample ratio mismatch in {d['scope']}** (p = {_p(d['srm_p'])}).")
+    power = int(round(100 * report["power"]))
+    for name, label in METRIC_LABELS.items():
+        m = overall["metrics"].get(name)
+        if m is None:
+            continue
+        truth = "" if m["oracle_rel_lift"] is None else f" The true (oracle) lift is {_pct(m['oracle_rel_lift'])}."
+        if m["p_value"] < alpha:
+            direction = "raises" if m["rel_lift"] > 0 else "lowers"
+            lines.append(f"Overall, the canary {direction} {label} by {_pct(m['rel_lift'])} "
+                         f"(95% CI {_ci(m['rel_ci'])}, p = {_p(m['p_value'])}).{truth}")
+        else:
+            lines.append(f"Overall, no significant {label} difference ({_pct(m['rel_lift'])}, 95% CI "
+                         f"{_ci(m['rel_ci'])}). Not enough traffic to detect a {label} lift smaller than "
+                         f"±{100 * m['mde_rel']:.2f}% (the run's MDE at {power}% power).{truth}")
+    for d in report["domains"]:
+        m = d["metrics"].get("ctr")
+        small = m is not None and min(d["users_stable"], d["users_canary"]) < stats.MIN_USERS_PER_ARM
+        if small:
+            lines.append(f"{d['scope']}: fewer than {stats.MIN_USERS_PER_ARM} users in an arm "
+                         f"({d['users_stable']}/{d['users_canary']}); its intervals and p-values are rough.")
+        if m is None:
+            lines.append(f"{d['scope']}: not compared (canary share {d['canary_share']:g}, or one arm has no users).")
+        elif m["p_holm"] < alpha:
+            lines.append(f"{d['scope']}: CTR {_pct(m['rel_lift'])} (95% CI {_ci(m['rel_ci'])}), significant after "
+                         f"Holm (p = {_p(m['p_holm'])}).")
+        else:
+            lines.append(f"{d['scope']}: no significant CTR difference after Holm (p = {_p(m['p_holm'])}); "
+                         f"not enough traffic to detect a CTR lift smaller than ±{100 * m['mde_rel']:.1f}%.")
+    return lines
+
+
+def to_markdown(report: dict) -> str:
+    meta = report["meta"]
+    out = [f"# A/B test: canary vs stable ({meta.get('mode', '?')})", ""]
+    out += [f"- {k}: {v}" for k, v in meta.items()]
+    out += ["", "## What this run says", ""] + [f"- {line}" for line in conclusions(report)]
+    overall = report["overall"]
+    out += ["", "## Overall (post-stratified by domain; user-clustered delta method)", "",
+            f"Users stable/canary: {overall['users_stable']}/{overall['users_canary']}; impressions "
+            f"{overall['impressions_stable']:.0f}/{overall['impressions_canary']:.0f}; SRM p = "
+            f"{_p(overall['srm_p'])}{' **ALARM**' if overall['srm_alarm'] else ''}", "",
+            "| metric | stable | canary | lift | 95% CI | p | MDE | oracle lift |", "|---|---|---|---|---|---|---|---|"]
+    for name, label in METRIC_LABELS.items():
+        m = overall["metrics"].get(name)
+        if m:
+            out.append(f"| {label} | {m['stable']:.5g} | {m['canary']:.5g} | {_pct(m['rel_lift'])} | {_ci(m['rel_ci'])} "
+                       f"| {_p(m['p_value'])} | ±{100 * m['mde_rel']:.2f}% | {_pct(m['oracle_rel_lift'])} |")
+    out += ["", "## Per domain (p-values Holm-adjusted across domains)", "",
+            "| domain | canary share | users S/C | impressions S/C | CTR S | CTR C | CTR lift | CTR 95% CI | p (Holm) "
+            "| CTR oracle | GMV/user S | GMV/user C | GMV lift | GMV 95% CI | p (Holm) | GMV oracle | CTR MDE | SRM p |",
+            "|" + "---|" * 18]
+    for d in report["domains"]:
+        ctr, gmv = d["metrics"].get("ctr"), d["metrics"].get("gmv_per_user")
+        head = (f"| {d['scope'].split()[-1]} | {d['canary_share']:g} | {d['users_stable']}/{d['users_canary']} | "
+                f"{d['impressions_stable']:.0f}/{d['impressions_canary']:.0f} | ")
+        if ctr is None:
+            out.append(head + " | ".join(["n/a"] * 14) + f" | {_p(d['srm_p'])} |")
+            continue
+        alarm = " **ALARM**" if d["srm_alarm"] else ""
+        out.append(head + f"{ctr['stable']:.4f} | {ctr['canary']:.4f} | {_pct(ctr['rel_lift'])} | {_ci(ctr['rel_ci'])} | "
+                   f"{_p(ctr['p_holm'])} | {_pct(ctr['oracle_rel_lift'])} | {gmv['stable']:.3g} | {gmv['canary']:.3g} | "
+                   f"{_pct(gmv['rel_lift'])} | {_ci(gmv['rel_ci'])} | {_p(gmv['p_holm'])} | "
+                   f"{_pct(gmv['oracle_rel_lift'])} | ±{100 * ctr['mde_rel']:.1f}% | {_p(d['srm_p'])}{alarm} |")
+    out += ["", "## Method", "",
+            "- Unit: the user (the router randomises users within a domain). CTR is a ratio metric: delta method "
+            "with the user as cluster. Clicks/user and GMV/user per domain: Welch's t-test.",
+            "- Relative-lift intervals: delta method. Overall: post-stratified by domain (same domain weights "
+            "for both arms), normal approximation.",
+            f"- Per-domain p-values: {report['multiple_comparison']}. Fixed-horizon p-values (valid at the planned "
+            "end of the run only).",
+            f"- SRM: chi-square of users per arm against the policy share; alarm at p < {report['srm_alarm_threshold']}.",
+            f"- MDE: smallest relative lift detected with {int(100 * report['power'])}% power at alpha "
+            f"{report['alpha']}, from this run's standard errors.",
+            "- Oracle lift: expected clicks/GMV of the lists each model would show on the same traffic, from the "
+            "world's true probabilities (no sampling).", ""]
+    return "\n".join(out)
+
+
+def plot_lift_by_domain(report: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scopes = [report["overall"]] + report["domains"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, name in zip(axes, ("ctr", "gmv_per_user")):
+        for x, s in enumerate(scopes):
+            m = s["metrics"].get(name)
+            if m is None:
+                continue
+            lift, (lo, hi) = 100 * m["rel_lift"], m["rel_ci"]
+            ax.errorbar(x, lift, yerr=[[lift - 100 * lo], [100 * hi - lift]], fmt="o", color="tab:blue",
+                        capsize=4, label="estimate, 95% CI" if x == 0 else None)
+            if m["oracle_rel_lift"] is not None:
+                ax.plot(x, 100 * m["oracle_rel_lift"], "x", color="tab:red", markersize=9,
+                        label="oracle (true) lift" if x == 0 else None)
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_xticks(range(len(scopes)), ["overall"] + [s["scope"].replace("domain ", "d") for s in scopes[1:]])
+        ax.set_ylabel(f"relative {METRIC_LABELS[name]} lift (%)")
+        ax.set_title(f"{METRIC_LABELS[name]} lift by domain")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_cumulative(report: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["cumulative_ctr_lift"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if rows:
+        day = [r["day"] for r in rows]
+        ax.plot(day, [100 * r["rel_lift"] for r in rows], "o-", label="cumulative CTR lift")
+        ax.fill_between(day, [100 * r["rel_ci"][0] for r in rows], [100 * r["rel_ci"][1] for r in rows],
+                        alpha=0.25, label="95% CI (fixed-horizon)")
+    if report["oracle_overall_ctr_lift"] is not None:
+        ax.axhline(100 * report["oracle_overall_ctr_lift"], color="tab:red", linestyle="--", label="oracle lift")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("simulated days")
+    ax.set_ylabel("relative CTR lift (%)")
+    ax.set_title("Cumulative overall CTR lift")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(report: dict, directory: str) -> Dict[str, str]:
+    """Writes report.json, report.md and the two PNGs; returns their paths."""
+    os.makedirs(directory, exist_ok=True)
+    paths = {kind: os.path.join(directory, name) for kind, name in
+             (("json", REPORT_JSON), ("markdown", REPORT_MD), ("lift_plot", LIFT_PLOT),
+              ("cumulative_plot", CUMULATIVE_PLOT))}
+    with open(paths["json"], "w") as f:
+        json.dump(_strict_json(report), f, indent=2, allow_nan=False)
+    with open(paths["markdown"], "w") as f:
+        f.write(to_markdown(report))
+    plot_lift_by_domain(report, paths["lift_plot"])
+    plot_cumulative(report, paths["cumulative_plot"])
+    return paths
+
+
+def _strict_json(value):
+    """NaN/inf -> null and numpy scalars -> Python, so the file is strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_strict_json(v) for v in value]
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
