@@ -71,16 +71,28 @@ def build_report(result: SimulationResult, shares, meta: dict, alpha=stats.ALPHA
     }
 
 
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and np.isnan(x))
+
+
 def _pct(x, digits=2) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:+.{digits}f}%"
+    return "n/a" if _missing(x) else f"{100 * x:+.{digits}f}%"
+
+
+def _share(x) -> str:
+    return "unknown" if _missing(x) else f"{x:g}"
+
+
+def _mde(x) -> str:
+    return "n/a" if _missing(x) else f"±{100 * x:.2f}%"
 
 
 def _ci(ci) -> str:
-    return "n/a" if ci is None or np.isnan(ci[0]) else f"[{100 * ci[0]:+.2f}%, {100 * ci[1]:+.2f}%]"
+    return "n/a" if ci is None or _missing(ci[0]) else f"[{100 * ci[0]:+.2f}%, {100 * ci[1]:+.2f}%]"
 
 
 def _p(p) -> str:
-    return "n/a" if p is None or np.isnan(p) else (f"{p:.2g}" if p >= 1e-4 else "<1e-4")
+    return "n/a" if _missing(p) else (f"{p:.2g}" if p >= 1e-4 else "<1e-4")
 
 
 def conclusions(report: dict) -> List[str]:
@@ -99,7 +111,9 @@ def conclusions(report: dict) -> List[str]:
         if m is None:
             continue
         truth = "" if m["oracle_rel_lift"] is None else f" The true (oracle) lift is {_pct(m['oracle_rel_lift'])}."
-        if m["p_value"] < alpha:
+        if _missing(m["p_value"]) or _missing(m["rel_lift"]):
+            lines.append(f"Overall, {label} cannot be compared in this run (too little data in an arm).{truth}")
+        elif m["p_value"] < alpha:
             direction = "raises" if m["rel_lift"] > 0 else "lowers"
             lines.append(f"Overall, the canary {direction} {label} by {_pct(m['rel_lift'])} "
                          f"(95% CI {_ci(m['rel_ci'])}, p = {_p(m['p_value'])}).{truth}")
@@ -113,8 +127,9 @@ def conclusions(report: dict) -> List[str]:
         if small:
             lines.append(f"{d['scope']}: fewer than {stats.MIN_USERS_PER_ARM} users in an arm "
                          f"({d['users_stable']}/{d['users_canary']}); its intervals and p-values are rough.")
-        if m is None:
-            lines.append(f"{d['scope']}: not compared (canary share {d['canary_share']:g}, or one arm has no users).")
+        if m is None or _missing(m["p_holm"]):
+            lines.append(f"{d['scope']}: not compared (canary share {_share(d['canary_share'])}, or too few users "
+                         "in an arm).")
         elif m["p_holm"] < alpha:
             lines.append(f"{d['scope']}: CTR {_pct(m['rel_lift'])} (95% CI {_ci(m['rel_ci'])}), significant after "
                          f"Holm (p = {_p(m['p_holm'])}).")
@@ -139,14 +154,14 @@ def to_markdown(report: dict) -> str:
         m = overall["metrics"].get(name)
         if m:
             out.append(f"| {label} | {m['stable']:.5g} | {m['canary']:.5g} | {_pct(m['rel_lift'])} | {_ci(m['rel_ci'])} "
-                       f"| {_p(m['p_value'])} | ±{100 * m['mde_rel']:.2f}% | {_pct(m['oracle_rel_lift'])} |")
+                       f"| {_p(m['p_value'])} | {_mde(m['mde_rel'])} | {_pct(m['oracle_rel_lift'])} |")
     out += ["", "## Per domain (p-values Holm-adjusted across domains)", "",
             "| domain | canary share | users S/C | impressions S/C | CTR S | CTR C | CTR lift | CTR 95% CI | p (Holm) "
             "| CTR oracle | GMV/user S | GMV/user C | GMV lift | GMV 95% CI | p (Holm) | GMV oracle | CTR MDE | SRM p |",
             "|" + "---|" * 18]
     for d in report["domains"]:
         ctr, gmv = d["metrics"].get("ctr"), d["metrics"].get("gmv_per_user")
-        head = (f"| {d['scope'].split()[-1]} | {d['canary_share']:g} | {d['users_stable']}/{d['users_canary']} | "
+        head = (f"| {d['scope'].split()[-1]} | {_share(d['canary_share'])} | {d['users_stable']}/{d['users_canary']} | "
                 f"{d['impressions_stable']:.0f}/{d['impressions_canary']:.0f} | ")
         if ctr is None:
             out.append(head + " | ".join(["n/a"] * 14) + f" | {_p(d['srm_p'])} |")
@@ -155,7 +170,7 @@ def to_markdown(report: dict) -> str:
         out.append(head + f"{ctr['stable']:.4f} | {ctr['canary']:.4f} | {_pct(ctr['rel_lift'])} | {_ci(ctr['rel_ci'])} | "
                    f"{_p(ctr['p_holm'])} | {_pct(ctr['oracle_rel_lift'])} | {gmv['stable']:.3g} | {gmv['canary']:.3g} | "
                    f"{_pct(gmv['rel_lift'])} | {_ci(gmv['rel_ci'])} | {_p(gmv['p_holm'])} | "
-                   f"{_pct(gmv['oracle_rel_lift'])} | ±{100 * ctr['mde_rel']:.1f}% | {_p(d['srm_p'])}{alarm} |")
+                   f"{_pct(gmv['oracle_rel_lift'])} | {_mde(ctr['mde_rel'])} | {_p(d['srm_p'])}{alarm} |")
     out += ["", "## Method", "",
             "- Unit: the user (the router randomises users within a domain). CTR is a ratio metric: delta method "
             "with the user as cluster. Clicks/user and GMV/user per domain: Welch's t-test.",

@@ -147,7 +147,10 @@ def stratified_ratio_comparison(num, den, canary, cluster, stratum, weights, met
     # Linearised contribution of each cell to its arm's value (sums to 0 within a stratum-arm).
     contribution = weights[stratum] * (num - ratio[key] * den) / totals_den[key]
     abs_part = np.where(canary, contribution, -contribution)
-    rel_part = np.where(canary, contribution / value_stable, -value_canary / value_stable ** 2 * contribution)
+    if value_stable > 0:
+        rel_part = np.where(canary, contribution / value_stable, -value_canary / value_stable ** 2 * contribution)
+    else:  # nothing in stable (e.g. no purchase yet): no relative lift
+        rel_part = np.full(contribution.shape, np.nan)
     _, cluster_index = np.unique(np.asarray(cluster), return_inverse=True)
     n_clusters = int(cluster_index.max()) + 1
 
@@ -158,7 +161,7 @@ def stratified_ratio_comparison(num, den, canary, cluster, stratum, weights, met
     se_abs = np.sqrt(clustered_variance(abs_part))
     se_rel = np.sqrt(clustered_variance(rel_part))
     abs_lift = value_canary - value_stable
-    rel_lift = value_canary / value_stable - 1
+    rel_lift = value_canary / value_stable - 1 if value_stable > 0 else float("nan")
     z = _z(alpha)
     p_value = float(2 * sps.norm.sf(abs(abs_lift) / se_abs)) if se_abs > 0 else float("nan")
     return Comparison(metric, "delta-method z (user-clustered)", value_stable, value_canary, abs_lift,
