@@ -1,5 +1,95 @@
-"""`crocodile` subcommands of crocodile.model (registered by crocodile.cli)."""
+"""`crocodile benchmark quality|speed` (registered by crocodile.cli)."""
+import json
+import logging
+import sys
 
 
 def register(subparsers) -> None:
     """Adds this area's subcommands. Handlers import heavy modules lazily."""
+    benchmark = subparsers.add_parser("benchmark", help="offline quality and training-speed benchmarks of the models")
+    commands = benchmark.add_subparsers(dest="benchmark_command", metavar="BENCHMARK", required=True)
+
+    quality = commands.add_parser("quality", help="train models on world logs; AUC/gAUC per domain vs the oracle")
+    add_quality_arguments(quality)
+    quality.set_defaults(handler=run_quality)
+
+    speed = commands.add_parser("speed", help="examples/s of crocodile with and without CovLoss, and MMoE")
+    add_speed_arguments(speed)
+    speed.set_defaults(handler=run_speed)
+
+
+def add_quality_arguments(parser) -> None:
+    parser.add_argument("--data", help="data folder from `crocodile data generate` (logs/, feature_config.json, "
+                                       "ground_truth/); if omitted, world data is generated under OUT/data")
+    parser.add_argument("--models", default="crocodile,mmoe,me_mmoe,shared_bottom,star",
+                        help="comma-separated model names (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per model (default: %(default)s)")
+    parser.add_argument("--out", required=True, help="output folder for quality.json, quality.md and PNG plots")
+    parser.add_argument("--impressions", type=int, default=300_000,
+                        help="impressions to generate when --data is omitted (default: %(default)s)")
+    parser.add_argument("--max-rows", type=int, default=None, help="read at most this many log rows")
+    parser.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: the hparams default)")
+    parser.add_argument("--hparams", default=None, help='JSON dict of hyperparameter overrides, e.g. \'{"disentangle_weight": 1e-3}\'')
+
+
+def add_speed_arguments(parser) -> None:
+    parser.add_argument("--batch-size", type=int, default=4096, help="examples per step (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per variant per round (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds after warm-up (default: %(default)s)")
+    parser.add_argument("--out", default=None, help="also write the JSON to this file")
+    parser.add_argument("--hparams", default=None, help="JSON dict of hyperparameter overrides")
+
+
+def _hparams(text):
+    from crocodile.errors import UserError
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"--hparams: not JSON ({error})") from error
+    if not isinstance(value, dict):
+        raise UserError("--hparams: must be a JSON object")
+    from crocodile.model.hparams import resolve
+    try:
+        resolve("crocodile", value)
+    except (ValueError, TypeError) as error:
+        raise UserError(f"--hparams: {error}") from error
+    return value
+
+
+def _generate(out: str, impressions: int) -> str:
+    import os
+    import subprocess
+    data = os.path.join(out, "data")
+    if not os.path.exists(os.path.join(data, "feature_config.json")):
+        subprocess.run([sys.executable, "-m", "crocodile", "data", "generate", "--out", data,
+                        "--impressions", str(impressions), "--quiet"], check=True)
+    return data
+
+
+def run_quality(args) -> int:
+    from crocodile.errors import UserError
+    from crocodile.model.quality_benchmark import run
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        raise UserError("--models: give at least one model name")
+    data = args.data or _generate(args.out, args.impressions)
+    report = run(data, models, args.seeds, args.out, max_rows=args.max_rows, epochs=args.epochs,
+                 hparams=_hparams(args.hparams))
+    with open(f"{args.out}/quality.md") as f:
+        print(f.read())
+    print(f"wrote {args.out}/quality.json, quality.md and {len(report['plots'])} plots")
+    return 0
+
+
+def run_speed(args) -> int:
+    from crocodile.model.speed_benchmark import run
+    result = run(batch_size=args.batch_size, steps=args.steps, repeats=args.repeats, hparams=_hparams(args.hparams))
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0

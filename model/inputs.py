@@ -34,13 +34,14 @@ class EmbeddingTables(tf.keras.layers.Layer):
         self.dim = dim
         self.num_sets = num_sets
         self._vocab_sizes = {k: int(vocab_sizes[k]) for k in self.keys}
-        self._init = tf.keras.initializers.RandomNormal(stddev=init_stddev)
+        self.init_stddev = init_stddev
 
     def build(self, input_shape):
         self._tables = {
             key: self.add_weight(
                 name=f"{key}_table", shape=(self._vocab_sizes[key], self.num_sets * self.dim),
-                initializer=self._init, trainable=True)
+                # A new initializer per table: one unseeded instance repeats its values.
+                initializer=tf.keras.initializers.RandomNormal(stddev=self.init_stddev), trainable=True)
             for key in self.keys
         }
         super().build(input_shape)
@@ -66,12 +67,11 @@ class DomainEmbedding(tf.keras.layers.Layer):
 
     def __init__(self, num_domains: int, dim: int, init_stddev: float, **kwargs):
         super().__init__(**kwargs)
-        self.num_domains, self.dim = num_domains, dim
-        self._init = tf.keras.initializers.RandomNormal(stddev=init_stddev)
+        self.num_domains, self.dim, self.init_stddev = num_domains, dim, init_stddev
 
     def build(self, input_shape):
         self.table = self.add_weight(name="domain_table", shape=(self.num_domains, self.dim),
-                                     initializer=self._init)
+                                     initializer=tf.keras.initializers.RandomNormal(stddev=self.init_stddev))
         super().build(input_shape)
 
     def call(self, domain):

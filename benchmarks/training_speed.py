@@ -1,0 +1,12 @@
+"""Training speed (same as `crocodile benchmark speed`): examples/s of crocodile with the
+covariance loss, without it, and MMoE, interleaved, with paired ratios; prints JSON."""
+import argparse
+import sys
+
+import crocodile  # noqa: F401  (sets TF_USE_LEGACY_KERAS)
+from crocodile.model.cli import add_speed_arguments, run_speed
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_speed_arguments(parser)
+    sys.exit(run_speed(parser.parse_args()))
