@@ -32,6 +32,7 @@ from crocodile.model.features import DOMAIN_KEY
 from crocodile.simulation import stats
 
 REQUESTS_PER_CHUNK = 2048       # requests scored per model call (times candidates per request)
+PRE_PERIOD_SEED_OFFSET = 1_000_003  # the pre-period's traffic seed is the run's seed plus this
 SECONDS_PER_DAY = 86400
 
 
@@ -143,11 +144,27 @@ class OfflineScorer:
         self._user_ids = world.user_features(np.arange(world.num_users))["user_id"]
         self._models = ModelPair(world, stable_path, canary_path)
 
+    def pre_period(self) -> "PrePeriodScorer":
+        """The same loaded stable model for everyone: traffic before the experiment (CUPED)."""
+        return PrePeriodScorer(self._models)
+
     def score(self, user, domain, candidates, request_ids=None) -> Scored:
         canary = np.asarray(self._policy.assign_many(domain, self._user_ids[user]), bool)
         stable_scores, canary_scores = self._models.score(user, domain, candidates)
         shown = np.where(canary[:, None], canary_scores, stable_scores)
         return Scored(canary, shown, stable_scores, canary_scores)
+
+
+class PrePeriodScorer:
+    """Every request answered by the stable model: the pre-period whose per-user outcomes are
+    the CUPED covariates (they cannot depend on the later assignment)."""
+
+    def __init__(self, models: ModelPair):
+        self._models = models
+
+    def score(self, user, domain, candidates, request_ids=None) -> Scored:
+        scores = self._models.stable(self._models.encoder.encode(user, domain, candidates)).reshape(candidates.shape)
+        return Scored(np.zeros(user.size, bool), scores)
 
 
 class LiveScorer:
@@ -215,12 +232,12 @@ def _top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(candidates, order, axis=1)
 
 
-def _expected(world, user, domain, shown):
+def _expected(world, prices, user, domain, shown):
     """Expected clicks and GMV per request of a shown list, from the true probabilities."""
     positions = np.arange(shown.shape[1])[None, :]
     p_click = world.click_probability(user[:, None], shown, domain[:, None], positions)
     p_buy = world.purchase_probability(user[:, None], shown, domain[:, None])
-    price = world.item_features(shown)["price"]
+    price = prices[shown]
     return p_click.sum(axis=1), (p_click * p_buy * price).sum(axis=1), p_click, p_buy, price
 
 
@@ -247,6 +264,7 @@ def simulate(world, scorer, num_requests: int, seed: int = 0, slate_size: Option
     timestamp = world.config.start_timestamp + np.sort(time_rng.random(num_requests)) * duration
     columns = {name: [] for name in ("user", "domain", "canary", "clicks", "purchases", "gmv", "version")}
     num_domains = world.num_domains
+    prices = world.item_features(np.arange(world.num_items))["price"]  # GMV of one purchase, per item
     oracle_clicks, oracle_gmv = np.zeros((2, num_domains)), np.zeros((2, num_domains))
     have_oracle = True
     bar = _progress(num_requests * k, progress)
@@ -256,7 +274,7 @@ def simulate(world, scorer, num_requests: int, seed: int = 0, slate_size: Option
         request_ids = np.char.add(f"ab{seed}-", np.arange(start, start + n).astype(str))
         scored = scorer.score(user, domain, candidates, request_ids)
         shown = _top_k(scored.shown, candidates, k)
-        _, _, p_click, p_buy, price = _expected(world, user, domain, shown)
+        _, _, p_click, p_buy, price = _expected(world, prices, user, domain, shown)
         clicked = outcome_rng.random(p_click.shape) < p_click
         bought = clicked & (outcome_rng.random(p_click.shape) < p_buy)
         for name, value in (("user", user), ("domain", domain), ("canary", scored.canary),
@@ -268,7 +286,7 @@ def simulate(world, scorer, num_requests: int, seed: int = 0, slate_size: Option
             have_oracle = False
         else:
             for arm, scores in enumerate((scored.stable, scored.canary_scores)):
-                clicks_e, gmv_e, *_ = _expected(world, user, domain, _top_k(scores, candidates, k))
+                clicks_e, gmv_e, *_ = _expected(world, prices, user, domain, _top_k(scores, candidates, k))
                 oracle_clicks[arm] += np.bincount(domain, clicks_e, minlength=num_domains)
                 oracle_gmv[arm] += np.bincount(domain, gmv_e, minlength=num_domains)
         bar.update(n * k)

@@ -33,6 +33,9 @@ def register(subparsers) -> None:
     offline.add_argument("--impressions", type=int, required=True, help="impressions to simulate (both arms)")
     offline.add_argument("--report", required=True, help="output folder for report.json/.md and plots")
     offline.add_argument("--aa", action="store_true", help="A/A test: the stable model in both arms")
+    offline.add_argument("--cuped-impressions", type=int, default=0,
+                         help="simulate this many pre-period impressions (stable model for all) and CUPED-adjust "
+                              "clicks/user and GMV/user with them (default 0: off)")
     offline.add_argument("--seed", type=int, default=0, help="seeds the traffic and the outcomes")
     offline.add_argument("--quiet", action="store_true", help="no progress bar")
     offline.set_defaults(handler=offline_command)
@@ -53,11 +56,11 @@ def _positive(value: int, flag: str) -> int:
     return value
 
 
-def _finish(result, shares, meta: dict, report_dir: str, started: float) -> int:
+def _finish(result, shares, meta: dict, report_dir: str, started: float, pre_period=None) -> int:
     from crocodile.simulation import report
 
     meta["wall_seconds"] = round(time.time() - started, 1)
-    built = report.build_report(result, shares, meta)
+    built = report.build_report(result, shares, meta, pre_period=pre_period)
     paths = report.write_report(built, report_dir)
     for line in report.conclusions(built):
         print(line.replace("**", ""))
@@ -78,12 +81,21 @@ def offline_command(args) -> int:
     policy = CanaryPolicy.load(args.policy)
     canary_path = args.stable if args.aa else args.canary
     scorer = abtest.OfflineScorer(world, policy, args.stable, canary_path)
+    if args.cuped_impressions < 0:
+        raise UserError(f"--cuped-impressions must be >= 0, got {args.cuped_impressions}")
+    pre_period = None
+    if args.cuped_impressions:
+        pre_requests = -(-args.cuped_impressions // world.config.slate_size)
+        pre_period = abtest.simulate(world, scorer.pre_period(), pre_requests,
+                                     seed=args.seed + abtest.PRE_PERIOD_SEED_OFFSET, progress=not args.quiet)
     num_requests = max(1, -(-impressions // world.config.slate_size))
     result = abtest.simulate(world, scorer, num_requests, seed=args.seed, progress=not args.quiet)
     meta = {"mode": "offline A/A" if args.aa else "offline", "stable": args.stable, "canary": canary_path,
             "policy": args.policy, "experiment": policy.experiment, "world": args.world,
-            "requests": num_requests, "impressions": int(result.impressions.sum()), "seed": args.seed}
-    return _finish(result, abtest.policy_canary_shares(policy, world.num_domains), meta, args.report, started)
+            "requests": num_requests, "impressions": int(result.impressions.sum()), "seed": args.seed,
+            "cuped_pre_period_impressions": 0 if pre_period is None else int(pre_period.impressions.sum())}
+    return _finish(result, abtest.policy_canary_shares(policy, world.num_domains), meta, args.report, started,
+                   pre_period)
 
 
 def live_command(args) -> int:

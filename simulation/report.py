@@ -39,10 +39,18 @@ def cumulative_lift(result: SimulationResult, shares: np.ndarray, metric: str = 
     return rows
 
 
-def build_report(result: SimulationResult, shares, meta: dict, alpha=stats.ALPHA, power=stats.POWER) -> dict:
-    """Everything the report shows, as plain JSON-able data."""
+def build_report(result: SimulationResult, shares, meta: dict, alpha=stats.ALPHA, power=stats.POWER,
+                 pre_period: Optional[SimulationResult] = None) -> dict:
+    """Everything the report shows, as plain JSON-able data.
+
+    With `pre_period` (the same world's traffic before the experiment, stable model for all),
+    clicks/user and GMV/user are CUPED-adjusted with each user's pre-period value.
+    """
     shares = np.asarray(shares, np.float64)
-    analysis = stats.analyze(result.cells(), shares, alpha, power)
+    cells = result.cells()
+    if pre_period is not None:
+        cells = cells.with_pre_period(pre_period.cells())
+    analysis = stats.analyze(cells, shares, alpha, power, use_cuped=pre_period is not None)
     oracle = oracle_lifts(result)
 
     def scope(scope_result: stats.ScopeResult) -> dict:
@@ -62,6 +70,7 @@ def build_report(result: SimulationResult, shares, meta: dict, alpha=stats.ALPHA
         "power": power,
         "multiple_comparison": analysis["multiple_comparison"],
         "relative_lift_interval": "delta method",
+        "cuped": pre_period is not None,
         "p_values": "fixed-horizon",
         "srm_alarm_threshold": stats.SRM_ALARM_P,
         "overall": scope(analysis["overall"]),
@@ -153,6 +162,7 @@ def to_markdown(report: dict) -> str:
     for name, label in METRIC_LABELS.items():
         m = overall["metrics"].get(name)
         if m:
+            label = label + (" (CUPED)" if m["cuped"] else "")
             out.append(f"| {label} | {m['stable']:.5g} | {m['canary']:.5g} | {_pct(m['rel_lift'])} | {_ci(m['rel_ci'])} "
                        f"| {_p(m['p_value'])} | {_mde(m['mde_rel'])} | {_pct(m['oracle_rel_lift'])} |")
     out += ["", "## Per domain (p-values Holm-adjusted across domains)", "",
@@ -174,6 +184,9 @@ def to_markdown(report: dict) -> str:
     out += ["", "## Method", "",
             "- Unit: the user (the router randomises users within a domain). CTR is a ratio metric: delta method "
             "with the user as cluster. Clicks/user and GMV/user per domain: Welch's t-test.",
+            "- CUPED: " + ("clicks/user and GMV/user adjusted by each user's pre-period value in the domain "
+                           "(theta pooled over arms); their stable/canary columns are adjusted means."
+                           if report.get("cuped") else "off (no pre-period covariate)."),
             "- Relative-lift intervals: delta method. Overall: post-stratified by domain (same domain weights "
             "for both arms), normal approximation.",
             f"- Per-domain p-values: {report['multiple_comparison']}. Fixed-horizon p-values (valid at the planned "

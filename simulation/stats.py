@@ -88,6 +88,22 @@ class Cells:
                    impressions=total(impressions), clicks=total(clicks), purchases=total(purchases),
                    gmv=total(gmv))
 
+    def with_pre_period(self, pre: "Cells") -> "Cells":
+        """These cells with CUPED covariates: each (user, domain)'s clicks and GMV in `pre`
+        (a pre-period in which every user got the stable model), 0 where the user was absent."""
+        num_domains = int(max(self.domain.max(initial=0), pre.domain.max(initial=0))) + 1
+        pre_key = pre.user * num_domains + pre.domain
+        keys, inverse = np.unique(pre_key, return_inverse=True)
+        pre_clicks = np.bincount(inverse, pre.clicks, minlength=keys.size)
+        pre_gmv = np.bincount(inverse, pre.gmv, minlength=keys.size)
+        if keys.size == 0:
+            return dataclasses.replace(self, pre_clicks=np.zeros(self.user.size), pre_gmv=np.zeros(self.user.size))
+        key = self.user * num_domains + self.domain
+        at = np.minimum(np.searchsorted(keys, key), keys.size - 1)
+        found = keys[at] == key
+        return dataclasses.replace(self, pre_clicks=np.where(found, pre_clicks[at], 0.0),
+                                   pre_gmv=np.where(found, pre_gmv[at], 0.0))
+
     def subset(self, mask: np.ndarray) -> "Cells":
         return Cells(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[mask])
                         for f in dataclasses.fields(self)})
@@ -273,7 +289,7 @@ def _domain_result(cells: Cells, domain: int, share: float, alpha, power, use_cu
                                                      [1.0], "ctr", alpha, power)
         for name, field in (("clicks_per_user", "clicks"), ("gmv_per_user", "gmv")):
             y = cells.values(field)
-            pre = cells.pre_clicks if field == "clicks" else cells.pre_gmv
+            pre = _covariate(cells, field)
             if use_cuped and pre is not None:
                 y = cuped_adjust(y, pre)
             metrics[name] = welch_comparison(y[~canary], y[canary], name, alpha, power)
@@ -284,20 +300,37 @@ def _domain_result(cells: Cells, domain: int, share: float, alpha, power, use_cu
 
 
 def overall_comparison(cells: Cells, domains: List[int], metric: str, num_domains: int,
-                       alpha=ALPHA, power=POWER) -> Comparison:
-    """One metric over `domains`, post-stratified: the same domain weights for both arms."""
+                       alpha=ALPHA, power=POWER, use_cuped: bool = False) -> Comparison:
+    """One metric over `domains`, post-stratified: the same domain weights for both arms.
+
+    With `use_cuped`, per-user metrics are CUPED-adjusted within each domain first.
+    """
     sub = cells.subset(np.isin(cells.domain, domains))
     num_field, den_field = METRICS[metric]
+    numerator = sub.values(num_field)
+    covariate = _covariate(sub, num_field) if use_cuped and not den_field else None
+    if covariate is not None:
+        numerator = numerator.copy()
+        for d in domains:
+            rows = sub.domain == d
+            numerator[rows] = cuped_adjust(numerator[rows], covariate[rows])
     if den_field:  # ratio metric: each domain's share of all impressions
         weights = np.bincount(sub.domain, sub.impressions, minlength=num_domains)
         weights = weights / weights.sum()
     else:  # per-user metric: users of each domain per distinct user (a user may visit several)
         weights = np.bincount(sub.domain, minlength=num_domains) / np.unique(sub.user).size
-    return stratified_ratio_comparison(sub.values(num_field), sub.values(den_field), sub.canary, sub.user,
-                                       sub.domain, weights, metric, alpha, power)
+    comparison = stratified_ratio_comparison(numerator, sub.values(den_field), sub.canary, sub.user,
+                                             sub.domain, weights, metric, alpha, power)
+    comparison.cuped = covariate is not None
+    return comparison
 
 
-def _overall_result(cells: Cells, shares: np.ndarray, in_experiment: List[int], alpha, power) -> ScopeResult:
+def _covariate(cells: Cells, field: str) -> Optional[np.ndarray]:
+    return {"clicks": cells.pre_clicks, "gmv": cells.pre_gmv}.get(field)
+
+
+def _overall_result(cells: Cells, shares: np.ndarray, in_experiment: List[int], alpha, power,
+                    use_cuped) -> ScopeResult:
     canary = cells.canary
     # One Bernoulli(share_d) per (user, domain) cell of the domains that are split at all.
     split = (shares[cells.domain] > 0) & (shares[cells.domain] < 1)
@@ -310,7 +343,7 @@ def _overall_result(cells: Cells, shares: np.ndarray, in_experiment: List[int], 
         srm_p = float(sps.chi2.sf(srm_stat, 1))
     metrics = {}
     if in_experiment:
-        metrics = {name: overall_comparison(cells, in_experiment, name, shares.size, alpha, power)
+        metrics = {name: overall_comparison(cells, in_experiment, name, shares.size, alpha, power, use_cuped)
                    for name in METRICS}
     return ScopeResult("overall", float("nan"), int(np.unique(cells.user[~canary]).size),
                        int(np.unique(cells.user[canary]).size), float(cells.impressions[~canary].sum()),
@@ -336,5 +369,5 @@ def analyze(cells: Cells, canary_shares, alpha: float = ALPHA, power: float = PO
         for d, p_h, p_b in zip(in_experiment, holm(p), benjamini_hochberg(p)):
             domains[d].metrics[name].p_holm = float(p_h)
             domains[d].metrics[name].p_bh = float(p_b)
-    return {"overall": _overall_result(cells, shares, in_experiment, alpha, power), "domains": domains,
+    return {"overall": _overall_result(cells, shares, in_experiment, alpha, power, use_cuped), "domains": domains,
             "alpha": alpha, "power": power, "multiple_comparison": "Holm (decisions); Benjamini-Hochberg shown"}

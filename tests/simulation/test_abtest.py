@@ -119,11 +119,13 @@ def test_offline_cli_writes_the_report(setup, tmp_path):
     args = parser.parse_args(["abtest", "offline", "--stable", str(root / "models" / "crocodile" / "1"),
                               "--canary", str(root / "models"), "--policy", str(policy_file),
                               "--world", str(root / "data"), "--impressions", "20000", "--report",
-                              str(tmp_path / "report"), "--quiet"])
+                              str(tmp_path / "report"), "--cuped-impressions", "20000", "--quiet"])
     assert args.handler(args) == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["meta"]["canary"].endswith("models")  # base path: newest version (2, the oracle) is used
     assert report["oracle_overall_ctr_lift"] > 0.3
+    assert report["cuped"] and report["meta"]["cuped_pre_period_impressions"] == 20000
+    assert report["overall"]["metrics"]["gmv_per_user"]["cuped"]
     for name in ("report.md", "lift_by_domain.png", "cumulative_lift.png"):
         assert os.path.getsize(tmp_path / "report" / name) > 0
     args = parser.parse_args(["abtest", "offline", "--stable", str(root / "models"), "--policy", str(policy_file),

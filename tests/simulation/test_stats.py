@@ -204,3 +204,35 @@ def test_cells_from_events_aggregates_per_user_domain_and_arm():
                                     purchases=[0, 1, 0, 0], gmv=[0, 5.0, 0, 0])
     rows = sorted(zip(cells.user, cells.domain, cells.canary, cells.impressions, cells.clicks, cells.gmv))
     assert rows == [(1, 0, False, 10, 1, 0), (3, 0, True, 20, 3, 5.0), (3, 1, False, 10, 0, 0)]
+
+
+def test_pre_period_covariates_join_by_user_and_domain():
+    cells = stats.Cells.from_events(user=[1, 1, 2], domain=[0, 1, 0], canary=[True, False, False],
+                                    impressions=[10, 10, 10], clicks=[1, 0, 2], purchases=[0, 0, 0], gmv=[0, 0, 0])
+    pre = stats.Cells.from_events(user=[1, 1, 3], domain=[0, 0, 0], canary=[False, True, False],
+                                  impressions=[10, 10, 10], clicks=[2, 3, 9], purchases=[0, 1, 0], gmv=[0, 7.5, 0])
+    joined = cells.with_pre_period(pre)
+    rows = sorted(zip(joined.user, joined.domain, joined.pre_clicks, joined.pre_gmv))
+    assert rows == [(1, 0, 5.0, 7.5), (1, 1, 0.0, 0.0), (2, 0, 0.0, 0.0)]
+
+
+def test_cuped_in_the_analysis_narrows_per_user_intervals_and_is_marked():
+    rng = np.random.default_rng(10)
+    n = 8000
+    activity = rng.gamma(1.5, 4.0, n)
+    domain = rng.integers(0, 2, n)
+    canary = rng.random(n) < 0.5
+    pre_clicks = rng.poisson(activity)
+    clicks = rng.poisson(activity * np.where(canary, 1.05, 1.0))
+    cells = stats.Cells(user=np.arange(n), domain=domain, canary=canary, impressions=np.full(n, 50.0),
+                        clicks=clicks.astype(float), purchases=np.zeros(n), gmv=clicks * 2.0,
+                        pre_clicks=pre_clicks.astype(float), pre_gmv=pre_clicks * 2.0)
+    plain = stats.analyze(cells, [0.5, 0.5])
+    adjusted = stats.analyze(cells, [0.5, 0.5], use_cuped=True)
+    for scope_plain, scope_cuped in zip([plain["overall"]] + plain["domains"],
+                                        [adjusted["overall"]] + adjusted["domains"]):
+        before, after = scope_plain.metrics["clicks_per_user"], scope_cuped.metrics["clicks_per_user"]
+        assert after.cuped and not before.cuped
+        assert after.se_abs < 0.75 * before.se_abs
+        assert abs(after.abs_lift - before.abs_lift) < 2 * before.se_abs
+        assert not scope_cuped.metrics["ctr"].cuped  # the ratio metric is left alone
