@@ -68,10 +68,21 @@ def _generate(out: str, impressions: int) -> str:
     return data
 
 
+def _log_progress() -> None:
+    """Progress lines on stderr (absl may already have configured the root logger)."""
+    logger = logging.getLogger("crocodile.benchmark")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def run_quality(args) -> int:
     from crocodile.errors import UserError
     from crocodile.model.quality_benchmark import run
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    _log_progress()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
         raise UserError("--models: give at least one model name")
