@@ -180,11 +180,12 @@ class _Converter:
             empty = chunk[column].to_numpy()[rows] == ""
             if empty.any():
                 raise _row_error(path, column, first_row + int(rows[np.flatnonzero(empty)[0]]), "empty id")
-        lookup = np.vectorize(layout.domain_map.get, otypes=[np.int64]) if len(rows) else None
+        raw_values = np.array(sorted(layout.domain_map))
+        domain_ids = np.array([layout.domain_map[v] for v in raw_values], dtype=np.int64)
         out = {
             features.USER_KEY: chunk[layout.user_column].to_numpy()[rows],
             features.ITEM_KEY: chunk[layout.item_column].to_numpy()[rows],
-            features.DOMAIN_KEY: lookup(raw_domain[rows]) if len(rows) else np.zeros(0, np.int64),
+            features.DOMAIN_KEY: domain_ids[np.searchsorted(raw_values, raw_domain[rows])],
         }
         out.update({k: v[rows] for k, v in labels.items()})
         if "time_ms" in chunk:

@@ -6,9 +6,13 @@ several times faster than pandas.
 Chunks are dicts of equal-length numpy arrays. Each chunk is split into ``num_shards``
 contiguous pieces, one per ``part-NNNNN`` file, so shards stay about equal in size while
 the data streams through. TFRecord encoding goes through tfx_bsl's C++
-``RecordBatchToExamples`` (one call per chunk, no Python loop per row).
+``RecordBatchToExamples`` (one call per chunk), and the records are framed and gzipped here
+with the C crc32c of ``google-crc32c`` (installed with apache-beam[gcp]): tf.io.TFRecordWriter
+spends about 30 us per record, which made it the bottleneck.
 """
+import gzip
 import os
+import struct
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -31,6 +35,32 @@ def example_dtype(values: np.ndarray) -> str:
     return "bytes"
 
 
+def _masked_crc(data: bytes, crc32c) -> int:
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+class GzipTFRecordFile:
+    """A gzipped TFRecord file (the format tf.data.TFRecordDataset(compression_type='GZIP') reads)."""
+
+    def __init__(self, path: str):
+        import google_crc32c
+
+        self._crc32c = google_crc32c.value
+        self._file = gzip.open(path, "wb", compresslevel=6)
+
+    def write_many(self, records) -> None:
+        parts = []
+        for record in records:
+            length = struct.pack("<Q", len(record))
+            parts += [length, struct.pack("<I", _masked_crc(length, self._crc32c)),
+                      record, struct.pack("<I", _masked_crc(record, self._crc32c))]
+        self._file.write(b"".join(parts))
+
+    def close(self) -> None:
+        self._file.close()
+
+
 def to_record_batch(chunk: Dict[str, np.ndarray], dtypes: Dict[str, str]):
     """One-value-per-row list columns, typed exactly as tf.Example features."""
     import pyarrow as pa
@@ -45,7 +75,10 @@ def to_record_batch(chunk: Dict[str, np.ndarray], dtypes: Dict[str, str]):
         elif dtype == "float":
             flat = pa.array(np.asarray(values, dtype=np.float32))
         else:
-            flat = pa.array(np.asarray(values).astype(object).astype(str), type=pa.string()).cast(pa.binary())
+            values = np.asarray(values)
+            if values.dtype.kind != "U":
+                values = values.astype(str)
+            flat = pa.array(values).cast(pa.binary())  # numpy unicode -> arrow utf8 -> bytes
         arrays.append(pa.ListArray.from_arrays(offsets, flat))
     return pa.RecordBatch.from_arrays(arrays, list(chunk))
 
@@ -65,9 +98,7 @@ class ShardedWriter:
         if fmt == "csv":
             self._files = [open(p, "wb") for p in self.paths]
         else:
-            import tensorflow as tf
-
-            self._files = [tf.io.TFRecordWriter(p, options="GZIP") for p in self.paths]
+            self._files = [GzipTFRecordFile(p) for p in self.paths]
 
     def write(self, chunk: Dict[str, np.ndarray]) -> None:
         n = len(next(iter(chunk.values())))
@@ -98,9 +129,7 @@ class ShardedWriter:
         else:
             from tfx_bsl.coders import example_coder
 
-            writer = self._files[shard]
-            for record in example_coder.RecordBatchToExamples(to_record_batch(piece, self.dtypes)):
-                writer.write(record)
+            self._files[shard].write_many(example_coder.RecordBatchToExamples(to_record_batch(piece, self.dtypes)))
 
     def close(self) -> None:
         for f in self._files:
