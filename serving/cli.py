@@ -3,7 +3,6 @@
 Registered by crocodile.cli. Handlers import TensorFlow, grpcio and the servers lazily so
 ``crocodile --help`` stays fast. model-server flags carry TF Serving's names and meanings.
 """
-import argparse
 import json
 import logging
 import signal

@@ -108,6 +108,10 @@ class Router:
         except grpc.RpcError as error:  # the backend's answer, passed on unchanged
             record["status"] = error.code().name
             context.abort(error.code(), error.details())
+        except Exception as error:  # a router bug: answer INTERNAL, keep serving, log it
+            log.exception("routing %s failed", method)
+            record["status"] = grpc.StatusCode.INTERNAL.name
+            context.abort(grpc.StatusCode.INTERNAL, f"router: {type(error).__name__}: {error}")
         finally:
             seconds = time.perf_counter() - started
             record.update(time=time.time(), latency_ms=round(seconds * 1e3, 3))

@@ -49,6 +49,7 @@ class ServerCore:
     def __init__(self, allow_version_labels_for_unavailable_models: bool = False):
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
         self._lock = threading.RLock()
+        self._reload_lock = threading.Lock()
         self._config = None
         self._loaded: Dict[Tuple[str, int], LoadedVersion] = {}
         self._failed: Dict[Tuple[str, int], str] = {}
@@ -64,10 +65,11 @@ class ServerCore:
         for name in names:
             if names.count(name) > 1:
                 raise status.invalid_argument(f"Illegal to list model {name} multiple times in config list")
-        with self._lock:
-            new_labels = self._label_map(config)
-            self._config = config
-            self._labels = new_labels
+        with self._reload_lock:  # one reload at a time; requests keep flowing meanwhile
+            with self._lock:
+                new_labels = self._label_map(config)
+                self._config = config
+                self._labels = new_labels
             self._sync_versions(config)
 
     def _label_map(self, config) -> Dict[str, Dict[str, int]]:
@@ -84,23 +86,29 @@ class ServerCore:
         return labels
 
     def _sync_versions(self, config) -> None:
-        wanted = set()
+        """Loads the aspired versions not yet loaded (outside the request lock), then unloads the rest."""
+        wanted, loaded, failed = set(), {}, {}
         for model in config.model_config_list.config:
             for version in aspired_versions(model, list_versions_on_disk(model.base_path)):
-                wanted.add((model.name, version))
-                if (model.name, version) in self._loaded:
+                key = (model.name, version)
+                wanted.add(key)
+                if key in self._loaded:
                     continue
                 export_dir = os.path.join(model.base_path, str(version))
                 log.info("loading %s version %d from %s", model.name, version, export_dir)
                 try:
-                    self._loaded[(model.name, version)] = LoadedVersion(model.name, version, export_dir)
-                    self._failed.pop((model.name, version), None)
+                    loaded[key] = LoadedVersion(model.name, version, export_dir)
                 except Exception as error:  # a bad SavedModel must not take the server down
                     log.error("failed to load %s version %d: %s", model.name, version, error)
-                    self._failed[(model.name, version)] = str(error)
-        for key in [k for k in self._loaded if k not in wanted]:
-            log.info("unloading %s version %d", *key)
-            del self._loaded[key]
+                    failed[key] = str(error)
+        with self._lock:
+            self._loaded.update(loaded)
+            for key in loaded:
+                self._failed.pop(key, None)
+            self._failed.update(failed)
+            for key in [k for k in self._loaded if k not in wanted]:
+                log.info("unloading %s version %d", *key)
+                del self._loaded[key]
 
     @property
     def config(self):

@@ -15,3 +15,36 @@ def user_context(user="u00042", domain=1):
 
 def candidates(n, start=0):
     return [{"item_id": f"i{start + k:05d}", "item_category": f"c{k % 4}", "price": 1.0 + k} for k in range(n)]
+
+
+def regress_request(context, items, label=None, model_name=MODEL_NAME):
+    """RegressionRequest on the 'regress' signature with an ExampleListWithContext."""
+    from tensorflow_serving.apis import regression_pb2
+
+    from crocodile.serving.examples import example_list_with_context
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = "regress"
+    if label:
+        request.model_spec.version_label = label
+    request.input.CopyFrom(example_list_with_context(context, items))
+    return request
+
+
+def predict_request(serialized, label=None, version=None):
+    """PredictRequest on serving_default with an [N] string tensor of serialized Examples."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL_NAME
+    if label:
+        request.model_spec.version_label = label
+    if version:
+        request.model_spec.version.value = version
+    request.inputs["examples"].CopyFrom(tf.make_tensor_proto(serialized, dtype=tf.string))
+    return request
+
+
+def serialized(rows):
+    from crocodile.serving.examples import make_example
+    return [make_example(row).SerializeToString() for row in rows]

@@ -2,12 +2,12 @@
 the status TF Serving answers, with a message naming the problem, and the server keeps serving."""
 import grpc
 import pytest
-import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc, regression_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+import serving_test_data as data
 from serving_test_data import MODEL_NAME, candidates, good_features, user_context
 from crocodile.serving.batching import BatchingOptions
-from crocodile.serving.examples import example_list_with_context, make_example
+from crocodile.serving.examples import make_example
 from crocodile.serving.policy import CanaryPolicy
 
 MAX_BATCH = 64
@@ -41,22 +41,11 @@ def targets(model_base, tmp_path_factory):
 
 
 def regress_request(context, items, label="stable"):
-    request = regression_pb2.RegressionRequest()
-    request.model_spec.name = MODEL_NAME
-    request.model_spec.signature_name = "regress"
-    if label:
-        request.model_spec.version_label = label
-    request.input.CopyFrom(example_list_with_context(context, items))
-    return request
+    return data.regress_request(context, items, label=label)
 
 
 def predict_request(serialized, label="stable"):
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = MODEL_NAME
-    if label:
-        request.model_spec.version_label = label
-    request.inputs["examples"].CopyFrom(tf.make_tensor_proto(serialized, dtype=tf.string))
-    return request
+    return data.predict_request(serialized, label=label)
 
 
 def without(features, key):

@@ -5,33 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2,
-                                     model_service_pb2_grpc, predict_pb2, regression_pb2)
+                                     model_service_pb2_grpc, regression_pb2)
 
-from serving_test_data import CANARY_VERSION, MODEL_NAME, STABLE_VERSION, candidates, good_features, user_context
-from crocodile.serving.examples import example_list_with_context, make_example, merged_features
+from serving_test_data import (CANARY_VERSION, MODEL_NAME, STABLE_VERSION, candidates, good_features,
+                               predict_request, regress_request, serialized, user_context)
+from crocodile.serving.examples import make_example, merged_features
 from crocodile.serving.model_config import build_model_config, read_model_config
-
-
-def predict_request(features_list, label=None, version=None):
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = MODEL_NAME
-    if label:
-        request.model_spec.version_label = label
-    if version:
-        request.model_spec.version.value = version
-    serialized = [make_example(f).SerializeToString() for f in features_list]
-    request.inputs["examples"].CopyFrom(tf.make_tensor_proto(serialized, dtype=tf.string))
-    return request
-
-
-def regress_request(context, items, label=None):
-    request = regression_pb2.RegressionRequest()
-    request.model_spec.name = MODEL_NAME
-    request.model_spec.signature_name = "regress"
-    if label:
-        request.model_spec.version_label = label
-    request.input.CopyFrom(example_list_with_context(context, items))
-    return request
 
 
 def in_process(model, features_list):
@@ -45,7 +24,7 @@ def test_predict_and_regress_match_savedmodel_in_process(start_model_server, con
     stub = prediction_stub(port)
     rows = [good_features(user=f"u{k}", item=f"i{k}", domain=k % 5, price=k * 1.5) for k in range(7)]
     for label, version in (("stable", STABLE_VERSION), ("canary", CANARY_VERSION)):
-        response = stub.Predict(predict_request(rows, label=label))
+        response = stub.Predict(predict_request(serialized(rows), label=label))
         assert response.model_spec.version.value == version
         assert response.model_spec.signature_name == "serving_default"
         np.testing.assert_allclose(tf.make_ndarray(response.outputs["outputs"]),
@@ -97,12 +76,12 @@ def test_no_version_choice_serves_the_latest_and_example_list_works(start_model_
 def test_model_spec_errors_as_tf_serving(start_model_server, config_path, prediction_stub, mutate, code, message):
     port, _ = start_model_server(config_path)
     stub = prediction_stub(port)
-    request = predict_request([good_features()])
+    request = predict_request(serialized([good_features()]))
     mutate(request)
     with pytest.raises(grpc.RpcError) as error:
         stub.Predict(request)
     assert error.value.code() == code and error.value.details() == message
-    assert stub.Predict(predict_request([good_features()], label="stable")).outputs["outputs"].float_val
+    assert stub.Predict(predict_request(serialized([good_features()]), label="stable")).outputs["outputs"].float_val
 
 
 def test_get_model_metadata_returns_signature_defs(start_model_server, config_path, prediction_stub):
@@ -155,7 +134,7 @@ def test_model_status_and_two_step_label_move(start_model_server, config_path, m
     load = build_model_config(MODEL_NAME, model_base, both)
     models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=load))
     models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=jump))
-    response = prediction_stub(port).Predict(predict_request([good_features()], label="canary"))
+    response = prediction_stub(port).Predict(predict_request(serialized([good_features()]), label="canary"))
     assert response.model_spec.version.value == CANARY_VERSION
     channel.close()
 

@@ -1,7 +1,6 @@
 """The canary router over real gRPC: same scores as the SavedModel in-process, arm by policy,
 sticky, trailing metadata, fallback when the canary cannot serve, metrics and exposure log."""
 import json
-import os
 
 import grpc
 import numpy as np
