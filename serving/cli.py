@@ -120,7 +120,11 @@ def run_model_server(args) -> int:
     try:
         core.reload_config(config)
     except status.ServingError as error:
-        raise UserError(f"--model_config_file {args.model_config_file}: {error.code.name}: {error.message}") from None
+        hint = ""
+        if error.code.name == "FAILED_PRECONDITION" and not args.allow_version_labels_for_unavailable_models:
+            hint = (" (as in TF Serving, labels in the first config are checked before any version has loaded: "
+                    "start with --allow_version_labels_for_unavailable_models, as docker/Dockerfile.serving does)")
+        raise UserError(f"--model_config_file {args.model_config_file}: {error.code.name}: {error.message}{hint}") from None
     server, port, scheduler = build_server(core, args.port, batching, args.max_request_examples,
                                            grpc_options, args.grpc_max_threads)
     server.start()

@@ -82,6 +82,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 f"Task size {size} is larger than maximum input batch size {self.max_request_examples}")
         return run(inputs)
 
+    def _resolve(self, request, missing_signature_error):
+        servable = self.core.resolve(request.model_spec)
+        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        signature = servable.signature_defs.get(signature_name)
+        if signature is None:
+            raise missing_signature_error(signature_name)
+        return servable, signature_name, signature
+
     @staticmethod
     def _fill_model_spec(spec, servable, signature_name):
         spec.name = servable.name
@@ -90,11 +98,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     @_answers_grpc_status
     def Predict(self, request, context):
-        servable = self.core.resolve(request.model_spec)
-        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        signature = servable.signature_defs.get(signature_name)
-        if signature is None:
-            raise status.failed_precondition(f'Serving signature key "{signature_name}" not found.')
+        # TF Serving answers a missing signature differently per API (predict_util.cc vs regressor.cc).
+        servable, signature_name, signature = self._resolve(
+            request, lambda name: status.failed_precondition(f'Serving signature key "{name}" not found.'))
         sent, expected = set(request.inputs), set(signature.inputs)
         if sent != expected:
             raise status.invalid_argument(
@@ -117,11 +123,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     @_answers_grpc_status
     def Regress(self, request, context):
-        servable = self.core.resolve(request.model_spec)
-        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        signature = servable.signature_defs.get(signature_name)
-        if signature is None:
-            raise status.invalid_argument(f"No signature was found with the name: {signature_name}")
+        servable, signature_name, signature = self._resolve(
+            request, lambda name: status.invalid_argument(f"No signature was found with the name: {name}"))
         if len(signature.inputs) != 1:
             raise status.invalid_argument("Expected one input Tensor.")
         if len(signature.outputs) != 1:

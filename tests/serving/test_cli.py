@@ -103,3 +103,13 @@ def test_commands_end_to_end_and_graceful_router_shutdown(config_path, tmp_path,
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=60)
     assert server.returncode == 0
+
+
+def test_model_server_refuses_labels_at_start_without_the_flag_as_tf_serving(config_path, capsys):
+    """TF Serving checks labels before the first load (server_core.cc; tensorflow/serving#1608)."""
+    assert crocodile_main(["model-server", "--port", "0", "--model_config_file", config_path]) == 2
+    error = capsys.readouterr().err
+    assert "FAILED_PRECONDITION" in error and "--allow_version_labels_for_unavailable_models" in error
+    assert crocodile_main(["model-server", "--port", "0", "--model_config_file", config_path,
+                           "--batching_parameters_file", config_path]) == 2
+    assert "--enable_batching" in capsys.readouterr().err
