@@ -126,3 +126,10 @@ def test_undecodable_request_body(targets, target, code):
         assert "not a valid tensorflow.serving.RegressionRequest" in error.value.details()
     channel.close()
     assert call(targets[target], "Regress", regress_request(user_context(), candidates(1))).result.regressions
+
+
+@pytest.mark.parametrize("target", ["model_server", "router"])
+def test_valid_predict_on_the_batching_server(targets, target):
+    rows = [good_features(user=f"u{k}", domain=k % 5) for k in range(3)]
+    response = call(targets[target], "Predict", predict_request(data.serialized(rows), label=None))
+    assert len(response.outputs["outputs"].float_val) == 3
