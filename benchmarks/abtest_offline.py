@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from crocodile.serving.policy import CanaryPolicy
-    from crocodile.simulation import abtest
+    from crocodile.simulation import ab_scorers, abtest
     from crocodile.simulation.ab_reference_models import save_world_ranker
     from crocodile.simulation.world import World, WorldConfig
 
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     stable = args.stable or save_world_ranker(world, os.path.join(scratch, "stable", "1"), noise=1.0, seed=1)
     canary = args.canary or save_world_ranker(world, os.path.join(scratch, "canary", "1"), noise=0.3, seed=2)
     policy = CanaryPolicy("bench", "salt", 0.5)
-    scorer = abtest.OfflineScorer(world, policy, stable, canary)
+    scorer = ab_scorers.OfflineScorer(world, policy, stable, canary)
     requests = max(1, args.impressions // world.config.slate_size)
 
     def run(chunk: int, seed: int) -> float:
@@ -54,6 +54,7 @@ def main(argv=None) -> int:
         result = abtest.simulate(world, scorer, requests, seed=seed, chunk=chunk, progress=False)
         return float(result.impressions.sum()) / (time.perf_counter() - started)
 
+    load_before = os.getloadavg()[0]
     for chunk in VARIANTS.values():  # warm-up: graph tracing, caches
         run(chunk, seed=999)
     rates = {name: [] for name in VARIANTS}
@@ -81,6 +82,8 @@ def main(argv=None) -> int:
         "threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                     "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
                     "cpu_count": os.cpu_count()},
+        # The machine is shared: other work running at the same time slows every variant.
+        "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
         "machine": platform.processor() or platform.machine(),
         "numpy": np.__version__, "tensorflow": tf.__version__,
     }, indent=2))

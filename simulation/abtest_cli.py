@@ -71,7 +71,7 @@ def _finish(result, shares, meta: dict, report_dir: str, started: float, pre_per
 
 def offline_command(args) -> int:
     from crocodile.serving.policy import CanaryPolicy
-    from crocodile.simulation import abtest
+    from crocodile.simulation import ab_scorers, abtest
 
     started = time.time()
     impressions = _positive(args.impressions, "--impressions")
@@ -80,7 +80,7 @@ def offline_command(args) -> int:
     world = load_world(args.world)
     policy = CanaryPolicy.load(args.policy)
     canary_path = args.stable if args.aa else args.canary
-    scorer = abtest.OfflineScorer(world, policy, args.stable, canary_path)
+    scorer = ab_scorers.OfflineScorer(world, policy, args.stable, canary_path)
     if args.cuped_impressions < 0:
         raise UserError(f"--cuped-impressions must be >= 0, got {args.cuped_impressions}")
     pre_period = None
@@ -99,7 +99,7 @@ def offline_command(args) -> int:
 
 
 def live_command(args) -> int:
-    from crocodile.simulation import abtest
+    from crocodile.simulation import ab_scorers, abtest
 
     started = time.time()
     visits = _positive(args.users, "--users")
@@ -112,8 +112,8 @@ def live_command(args) -> int:
     if args.stable or args.canary:
         if not (args.stable and args.canary):
             raise UserError("--stable and --canary go together (both models are needed for the oracle lift)")
-        oracle = abtest.ModelPair(world, args.stable, args.canary)
-    scorer = abtest.LiveScorer(world, args.target, oracle)
+        oracle = ab_scorers.ModelPair(world, args.stable, args.canary)
+    scorer = ab_scorers.LiveScorer(world, args.target, oracle)
     result = abtest.simulate(world, scorer, visits, seed=args.seed, chunk=256, progress=not args.quiet)
     versions = sorted({int(v) for v in result.version if v >= 0})
     meta = {"mode": "live", "target": args.target, "policy": args.policy or "none (no SRM check)",

@@ -184,8 +184,10 @@ def to_markdown(report: dict) -> str:
     out += ["", "## Method", "",
             "- Unit: the user (the router randomises users within a domain). CTR is a ratio metric: delta method "
             "with the user as cluster. Clicks/user and GMV/user per domain: Welch's t-test.",
-            "- CUPED: " + ("clicks/user and GMV/user adjusted by each user's pre-period value in the domain "
-                           "(theta pooled over arms); their stable/canary columns are adjusted means."
+            "- CUPED: " + ("every metric adjusted by the user's pre-period value in the domain (stable model for "
+                           "all users before the experiment): clicks/user and GMV/user by their own pre-period "
+                           "value, CTR's numerator by the linearised pre-period CTR; the stable/canary columns "
+                           "are adjusted values."
                            if report.get("cuped") else "off (no pre-period covariate)."),
             "- Relative-lift intervals: delta method. Overall: post-stratified by domain (same domain weights "
             "for both arms), normal approximation.",

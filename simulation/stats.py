@@ -28,8 +28,9 @@ Methods (Deng, Knoblich & Lu, KDD 2018; GrowthBook/Statsig documentation):
   exploration), each across the domains in the experiment, per metric.
 - MDE: the smallest relative lift this run detects with the given power at the given alpha,
   from the observed standard error: (z_{1-alpha/2} + z_{power}) * SE / control value.
-- CUPED (Deng, Xu, Kohavi & Walker, WSDM 2013) for per-user metrics with a pre-period
-  covariate: y - theta (x - mean x), theta = cov(y, x) / var(x) pooled over both arms.
+- CUPED (Deng, Xu, Kohavi & Walker, WSDM 2013) with a pre-period covariate: per-user metrics
+  y - theta (x - mean x); for CTR the numerator is adjusted by the linearised pre-period CTR
+  (their appendix B), so the same delta-method machinery applies.
 All p-values are fixed-horizon: valid at the planned end of the run, not for peeking.
 """
 import dataclasses
@@ -58,7 +59,7 @@ METRICS: Dict[str, tuple] = {
 class Cells:
     """One row per (user, domain, arm): that user's traffic in that domain under that arm.
 
-    `pre_clicks` / `pre_gmv` are optional pre-period covariates for CUPED (same rows).
+    `pre_impressions` / `pre_clicks` / `pre_gmv` are optional pre-period covariates for CUPED.
     """
 
     user: np.ndarray
@@ -68,6 +69,7 @@ class Cells:
     clicks: np.ndarray
     purchases: np.ndarray
     gmv: np.ndarray
+    pre_impressions: Optional[np.ndarray] = None
     pre_clicks: Optional[np.ndarray] = None
     pre_gmv: Optional[np.ndarray] = None
 
@@ -89,20 +91,20 @@ class Cells:
                    gmv=total(gmv))
 
     def with_pre_period(self, pre: "Cells") -> "Cells":
-        """These cells with CUPED covariates: each (user, domain)'s clicks and GMV in `pre`
-        (a pre-period in which every user got the stable model), 0 where the user was absent."""
+        """These cells with CUPED covariates: each (user, domain)'s impressions, clicks and GMV
+        in `pre` (a pre-period in which every user got the stable model), 0 where absent."""
         num_domains = int(max(self.domain.max(initial=0), pre.domain.max(initial=0))) + 1
-        pre_key = pre.user * num_domains + pre.domain
-        keys, inverse = np.unique(pre_key, return_inverse=True)
-        pre_clicks = np.bincount(inverse, pre.clicks, minlength=keys.size)
-        pre_gmv = np.bincount(inverse, pre.gmv, minlength=keys.size)
-        if keys.size == 0:
-            return dataclasses.replace(self, pre_clicks=np.zeros(self.user.size), pre_gmv=np.zeros(self.user.size))
+        keys, inverse = np.unique(pre.user * num_domains + pre.domain, return_inverse=True)
         key = self.user * num_domains + self.domain
-        at = np.minimum(np.searchsorted(keys, key), keys.size - 1)
-        found = keys[at] == key
-        return dataclasses.replace(self, pre_clicks=np.where(found, pre_clicks[at], 0.0),
-                                   pre_gmv=np.where(found, pre_gmv[at], 0.0))
+        at = np.minimum(np.searchsorted(keys, key), max(keys.size - 1, 0))
+        found = (keys[at] == key) if keys.size else np.zeros(key.size, bool)
+
+        def joined(values):
+            totals = np.bincount(inverse, values, minlength=keys.size)
+            return np.where(found, totals[at] if keys.size else 0.0, 0.0)
+
+        return dataclasses.replace(self, pre_impressions=joined(pre.impressions), pre_clicks=joined(pre.clicks),
+                                   pre_gmv=joined(pre.gmv))
 
     def subset(self, mask: np.ndarray) -> "Cells":
         return Cells(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[mask])
@@ -142,11 +144,12 @@ def _mde_rel(se_abs: float, control: float, alpha: float, power: float) -> float
 
 
 def stratified_ratio_comparison(num, den, canary, cluster, stratum, weights, metric="ratio",
-                                alpha=ALPHA, power=POWER) -> Comparison:
+                                alpha=ALPHA, power=POWER, covariate=None) -> Comparison:
     """Lift of sum_d w_d (sum num / sum den)_{arm, d}: delta method by linearisation, clustered.
 
     `stratum` indexes `weights`; `cluster` is the unit whose cells are correlated (the user).
     With one stratum this is the plain user-level delta method for a ratio metric.
+    `covariate` (a pre-period value per cell) turns on CUPED for the numerator, see `_cuped_numerator`.
     """
     num = np.asarray(num, np.float64)
     den = np.asarray(den, np.float64)
@@ -154,6 +157,8 @@ def stratified_ratio_comparison(num, den, canary, cluster, stratum, weights, met
     stratum = np.asarray(stratum, np.int64)
     weights = np.asarray(weights, np.float64)
     key = stratum * 2 + canary
+    if covariate is not None:
+        num = _cuped_numerator(num, den, np.asarray(covariate, np.float64), stratum, key, weights.size)
     totals_num = np.bincount(key, num, minlength=2 * weights.size)
     totals_den = np.bincount(key, den, minlength=2 * weights.size)
     # Strata absent from the data (weight 0, e.g. domains outside the experiment) count as 0.
@@ -184,6 +189,25 @@ def stratified_ratio_comparison(num, den, canary, cluster, stratum, weights, met
                       (abs_lift - z * se_abs, abs_lift + z * se_abs), rel_lift,
                       (rel_lift - z * se_rel, rel_lift + z * se_rel), p_value, float(se_abs),
                       _mde_rel(se_abs, value_stable, alpha, power))
+
+
+def _cuped_numerator(num, den, covariate, stratum, key, num_strata):
+    """num - theta_d (x - mean_d x): CUPED on a ratio's numerator (Deng et al. 2013, appendix B).
+
+    x is centred on its mean over BOTH arms of the stratum, so the adjustment has expectation 0
+    under randomisation and the estimate stays unbiased. theta_d regresses the linearised
+    numerator (num - R_arm den, mean 0 within each arm) on x; with den = 1 this is plain CUPED.
+    """
+    counts = np.bincount(stratum, minlength=num_strata)
+    centred = covariate - (np.bincount(stratum, covariate, minlength=num_strata) / np.maximum(counts, 1))[stratum]
+    totals_num = np.bincount(key, num, minlength=2 * num_strata)
+    totals_den = np.bincount(key, den, minlength=2 * num_strata)
+    ratio = np.divide(totals_num, totals_den, out=np.zeros_like(totals_num), where=totals_den > 0)
+    residual = num - ratio[key] * den
+    sxy = np.bincount(stratum, residual * centred, minlength=num_strata)
+    sxx = np.bincount(stratum, centred * centred, minlength=num_strata)
+    theta = np.divide(sxy, sxx, out=np.zeros_like(sxy), where=sxx > 0)
+    return num - theta[stratum] * centred
 
 
 def welch_comparison(y_stable, y_canary, metric="mean", alpha=ALPHA, power=POWER) -> Comparison:
@@ -239,24 +263,24 @@ def srm_pvalue(n_canary: float, n_stable: float, canary_share: float) -> float:
     return float(sps.chi2.sf(statistic, 1))
 
 
+def _ascending(p_values):
+    """(p, NaN-filled output, indices of the non-NaN p-values in ascending order)."""
+    p = np.asarray(p_values, np.float64)
+    valid = np.flatnonzero(~np.isnan(p))
+    return p, np.full(p.shape, np.nan), valid[np.argsort(p[valid])]
+
+
 def holm(p_values) -> np.ndarray:
     """Holm step-down adjusted p-values (family-wise error control). NaNs are left out."""
-    p = np.asarray(p_values, np.float64)
-    out = np.full(p.shape, np.nan)
-    valid = np.flatnonzero(~np.isnan(p))
-    order = valid[np.argsort(p[valid])]
+    p, out, order = _ascending(p_values)
     m = order.size
-    adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
-    out[order] = np.minimum(adjusted, 1.0)
+    out[order] = np.minimum(np.maximum.accumulate((m - np.arange(m)) * p[order]), 1.0)
     return out
 
 
 def benjamini_hochberg(p_values) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (false-discovery rate). NaNs are left out."""
-    p = np.asarray(p_values, np.float64)
-    out = np.full(p.shape, np.nan)
-    valid = np.flatnonzero(~np.isnan(p))
-    order = valid[np.argsort(p[valid])]
+    p, out, order = _ascending(p_values)
     m = order.size
     scaled = p[order] * m / np.arange(1, m + 1)
     out[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
@@ -285,11 +309,13 @@ def _domain_result(cells: Cells, domain: int, share: float, alpha, power, use_cu
     metrics = {}
     if n_c >= 2 and n_s >= 2:
         one = np.zeros(cells.user.size, np.int64)
+        covariate = _covariate(cells, "ctr") if use_cuped else None
         metrics["ctr"] = stratified_ratio_comparison(cells.clicks, cells.impressions, canary, cells.user, one,
-                                                     [1.0], "ctr", alpha, power)
+                                                     [1.0], "ctr", alpha, power, covariate)
+        metrics["ctr"].cuped = covariate is not None
         for name, field in (("clicks_per_user", "clicks"), ("gmv_per_user", "gmv")):
             y = cells.values(field)
-            pre = _covariate(cells, field)
+            pre = _covariate(cells, name)
             if use_cuped and pre is not None:
                 y = cuped_adjust(y, pre)
             metrics[name] = welch_comparison(y[~canary], y[canary], name, alpha, power)
@@ -303,30 +329,34 @@ def overall_comparison(cells: Cells, domains: List[int], metric: str, num_domain
                        alpha=ALPHA, power=POWER, use_cuped: bool = False) -> Comparison:
     """One metric over `domains`, post-stratified: the same domain weights for both arms.
 
-    With `use_cuped`, per-user metrics are CUPED-adjusted within each domain first.
+    With `use_cuped` (and pre-period values in the cells) the numerator is CUPED-adjusted per domain.
     """
     sub = cells.subset(np.isin(cells.domain, domains))
     num_field, den_field = METRICS[metric]
-    numerator = sub.values(num_field)
-    covariate = _covariate(sub, num_field) if use_cuped and not den_field else None
-    if covariate is not None:
-        numerator = numerator.copy()
-        for d in domains:
-            rows = sub.domain == d
-            numerator[rows] = cuped_adjust(numerator[rows], covariate[rows])
+    covariate = _covariate(sub, metric) if use_cuped else None
     if den_field:  # ratio metric: each domain's share of all impressions
         weights = np.bincount(sub.domain, sub.impressions, minlength=num_domains)
         weights = weights / weights.sum()
     else:  # per-user metric: users of each domain per distinct user (a user may visit several)
         weights = np.bincount(sub.domain, minlength=num_domains) / np.unique(sub.user).size
-    comparison = stratified_ratio_comparison(numerator, sub.values(den_field), sub.canary, sub.user,
-                                             sub.domain, weights, metric, alpha, power)
+    comparison = stratified_ratio_comparison(sub.values(num_field), sub.values(den_field), sub.canary, sub.user,
+                                             sub.domain, weights, metric, alpha, power, covariate)
     comparison.cuped = covariate is not None
     return comparison
 
 
-def _covariate(cells: Cells, field: str) -> Optional[np.ndarray]:
-    return {"clicks": cells.pre_clicks, "gmv": cells.pre_gmv}.get(field)
+def _covariate(cells: Cells, metric: str) -> Optional[np.ndarray]:
+    """The pre-period covariate of a metric: clicks or GMV per user; for CTR the linearised
+    pre-period CTR, pre_clicks - R_pre,d * pre_impressions (R_pre,d: the domain's pre-period CTR)."""
+    if metric == "ctr":
+        if cells.pre_clicks is None or cells.pre_impressions is None:
+            return None
+        size = int(cells.domain.max(initial=0)) + 1
+        clicks = np.bincount(cells.domain, cells.pre_clicks, minlength=size)
+        imps = np.bincount(cells.domain, cells.pre_impressions, minlength=size)
+        pre_ctr = np.divide(clicks, imps, out=np.zeros_like(clicks), where=imps > 0)
+        return cells.pre_clicks - pre_ctr[cells.domain] * cells.pre_impressions
+    return {"clicks_per_user": cells.pre_clicks, "gmv_per_user": cells.pre_gmv}[metric]
 
 
 def _overall_result(cells: Cells, shares: np.ndarray, in_experiment: List[int], alpha, power,

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from crocodile.serving.examples import make_example
 from crocodile.serving.policy import CanaryPolicy
-from crocodile.simulation import abtest, abtest_cli, stats
+from crocodile.simulation import ab_scorers, abtest, abtest_cli, stats
 from crocodile.simulation.ab_reference_models import save_world_ranker
 from crocodile.simulation.world import World, WorldConfig
 
@@ -31,7 +31,7 @@ def setup(tmp_path_factory):
 
 def test_concatenated_examples_parse_like_examples_built_field_by_field(setup):
     world = setup["world"]
-    encoder = abtest.ExampleEncoder(world)
+    encoder = ab_scorers.ExampleEncoder(world)
     user, domain, candidates = np.array([4, 7]), np.array([2, 0]), np.array([[1, 9, 3], [5, 5, 2]])
     fast = encoder.encode(user, domain, candidates)
     slow = []
@@ -52,14 +52,15 @@ def test_concatenated_examples_parse_like_examples_built_field_by_field(setup):
 def test_reference_model_with_no_noise_scores_the_true_relevance(setup):
     world = setup["world"]
     user, domain, candidates = abtest.sample_traffic(world, np.random.default_rng(0), 50, 10)
-    scores = abtest.SavedModelScorer(setup["oracle"])(abtest.ExampleEncoder(world).encode(user, domain, candidates))
+    encoded = ab_scorers.ExampleEncoder(world).encode(user, domain, candidates)
+    scores = ab_scorers.SavedModelScorer(setup["oracle"])(encoded)
     truth = world.relevance_probability(user[:, None], candidates, domain[:, None])
     np.testing.assert_allclose(scores.reshape(truth.shape), truth, rtol=1e-4)
 
 
 def test_oracle_lift_of_true_relevance_over_random_matches_a_direct_computation(setup):
     world, policy = setup["world"], setup["policy"]
-    scorer = abtest.OfflineScorer(world, policy, setup["random"], setup["oracle"])
+    scorer = ab_scorers.OfflineScorer(world, policy, setup["random"], setup["oracle"])
     result = abtest.simulate(world, scorer, 2000, seed=11, progress=False)
     # Independent: the same traffic (same seed stream), ranked by the world's true relevance,
     # expected CTR = sum of examination(k) * relevance of the k-th best item.
@@ -83,7 +84,7 @@ def test_oracle_lift_of_true_relevance_over_random_matches_a_direct_computation(
 def test_offline_aa_has_zero_oracle_lift_and_no_significant_difference(setup):
     # Even shares: every domain well inside the normal approximation (see stats.MIN_USERS_PER_ARM).
     world, policy = setup["world"], CanaryPolicy("aa", "salt", 0.5)
-    scorer = abtest.OfflineScorer(world, policy, setup["random"], setup["random"])
+    scorer = ab_scorers.OfflineScorer(world, policy, setup["random"], setup["random"])
     result = abtest.simulate(world, scorer, 6000, seed=12, progress=False)
     oracle = abtest.oracle_lifts(result)
     assert oracle["overall"]["ctr"] == 0.0 and oracle["overall"]["gmv_per_user"] == 0.0
@@ -95,7 +96,7 @@ def test_offline_aa_has_zero_oracle_lift_and_no_significant_difference(setup):
 
 def test_offline_arms_follow_the_policy_per_domain(setup):
     world, policy = setup["world"], setup["policy"]
-    scorer = abtest.OfflineScorer(world, policy, setup["random"], setup["oracle"])
+    scorer = ab_scorers.OfflineScorer(world, policy, setup["random"], setup["oracle"])
     result = abtest.simulate(world, scorer, 4000, seed=13, progress=False)
     user_ids = world.user_features(result.user)["user_id"]
     expected = np.array([policy.arm_for(d, u) == "canary" for d, u in zip(result.domain.tolist(), user_ids.tolist())])

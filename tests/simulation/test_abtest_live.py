@@ -11,7 +11,7 @@ from crocodile.serving.model_server import build_server
 from crocodile.serving.policy import CanaryPolicy
 from crocodile.serving.router import Router, build_router_server, shutdown
 from crocodile.serving.server_core import ServerCore
-from crocodile.simulation import abtest, abtest_cli, stats
+from crocodile.simulation import ab_scorers, abtest, abtest_cli, stats
 from crocodile.simulation.ab_reference_models import save_world_ranker
 from crocodile.simulation.world import World, WorldConfig
 
@@ -54,8 +54,8 @@ def exposures(path, prefix):
 @pytest.mark.slow
 def test_live_arms_follow_the_policy_and_match_the_exposure_log(servers):
     world, policy = servers["world"], servers["policy"]
-    models = abtest.ModelPair(world, str(servers["base"] / "1"), str(servers["base"] / "2"))
-    scorer = abtest.LiveScorer(world, servers["target"], oracle_models=models)
+    models = ab_scorers.ModelPair(world, str(servers["base"] / "1"), str(servers["base"] / "2"))
+    scorer = ab_scorers.LiveScorer(world, servers["target"], oracle_models=models)
     # Keep every request's live scores to compare with the in-process models.
     seen = []
     original = scorer.score

@@ -236,3 +236,43 @@ def test_cuped_in_the_analysis_narrows_per_user_intervals_and_is_marked():
         assert after.se_abs < 0.75 * before.se_abs
         assert abs(after.abs_lift - before.abs_lift) < 2 * before.se_abs
         assert not scope_cuped.metrics["ctr"].cuped  # the ratio metric is left alone
+
+
+def clustered_users_with_pre_period(rng, n_users, lift=0.0):
+    """clustered_users plus a pre-period of the same users (same propensity, fresh impressions)."""
+    logit = np.log(BASE_CTR / (1 - BASE_CTR)) + rng.standard_normal(n_users)
+    p = 1 / (1 + np.exp(-logit))
+    canary = rng.random(n_users) < 0.5
+    pre_imps = 1 + rng.poisson(19, n_users)
+    pre_clicks = rng.binomial(pre_imps, p)
+    imps = 1 + rng.poisson(19, n_users)
+    clicks = rng.binomial(imps, np.where(canary, p * (1 + lift), p))
+    users = np.arange(n_users)
+    zeros = np.zeros(n_users, int)
+    return stats.Cells(user=users, domain=zeros, canary=canary, impressions=imps.astype(float),
+                       clicks=clicks.astype(float), purchases=zeros.astype(float), gmv=zeros.astype(float),
+                       pre_impressions=pre_imps.astype(float), pre_clicks=pre_clicks.astype(float),
+                       pre_gmv=zeros.astype(float))
+
+
+@pytest.mark.slow
+def test_ctr_cuped_is_calibrated_and_narrower():
+    rng = np.random.default_rng(11)
+    n_runs, true_lift = 1000, 0.10
+    covered, width_ratio, aa_rejections = 0, [], 0
+    for _ in range(n_runs):
+        cells = clustered_users_with_pre_period(rng, 2000, lift=true_lift)
+        plain = stats.overall_comparison(cells, [0], "ctr", 1)
+        cuped = stats.overall_comparison(cells, [0], "ctr", 1, use_cuped=True)
+        assert cuped.cuped and not plain.cuped
+        covered += cuped.rel_ci[0] <= true_lift <= cuped.rel_ci[1]
+        width_ratio.append((cuped.rel_ci[1] - cuped.rel_ci[0]) / (plain.rel_ci[1] - plain.rel_ci[0]))
+        aa = stats.overall_comparison(clustered_users_with_pre_period(rng, 2000), [0], "ctr", 1, use_cuped=True)
+        aa_rejections += aa.p_value < 0.05
+    low, high = binomial_band(n_runs, 0.95)
+    aa_low, aa_high = binomial_band(n_runs, 0.05)
+    print(f"CUPED CTR over {n_runs} runs: coverage {covered / n_runs:.3f}, A/A false positives "
+          f"{aa_rejections / n_runs:.3f}, interval width vs plain {np.median(width_ratio):.2f}")
+    assert low <= covered / n_runs <= high
+    assert aa_low <= aa_rejections / n_runs <= aa_high
+    assert np.median(width_ratio) < 0.9
