@@ -11,6 +11,7 @@ import os
 from typing import Dict, List, Optional
 
 import numpy as np
+from scipy import stats as sps
 
 from crocodile.simulation import stats
 from crocodile.simulation.abtest import SECONDS_PER_DAY, SimulationResult, oracle_lifts
@@ -18,6 +19,9 @@ from crocodile.simulation.abtest import SECONDS_PER_DAY, SimulationResult, oracl
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 LIFT_PLOT, CUMULATIVE_PLOT = "lift_by_domain.png", "cumulative_lift.png"
 CUMULATIVE_POINTS = 20
+# mSPRT mixing scale on the relative lift: the size of effect the sequential test is tuned to
+# find quickly (choice the literature leaves open; 5% relative, about a good model change).
+MSPRT_TAU_REL = 0.05
 METRIC_LABELS = {"ctr": "CTR", "clicks_per_user": "clicks/user", "gmv_per_user": "GMV/user"}
 
 
@@ -33,9 +37,15 @@ def cumulative_lift(result: SimulationResult, shares: np.ndarray, metric: str = 
         if len(np.unique(cells.user)) < 3 or not present:
             continue
         comparison = stats.overall_comparison(cells, present, metric, result.num_domains)
+        se_rel = (comparison.rel_ci[1] - comparison.rel_ci[0]) / (2 * sps.norm.ppf(1 - stats.ALPHA / 2))
         rows.append({"day": float((result.timestamp[upto - 1] - result.timestamp[0]) / SECONDS_PER_DAY),
-                     "requests": int(upto), "rel_lift": comparison.rel_lift,
+                     "requests": int(upto), "rel_lift": comparison.rel_lift, "se_rel": float(se_rel),
                      "rel_ci": list(comparison.rel_ci), "p_value": comparison.p_value})
+    if rows:  # always-valid p-values and intervals over the same looks
+        p_values, lower, upper = stats.msprt([r["rel_lift"] for r in rows], [r["se_rel"] ** 2 for r in rows],
+                                             MSPRT_TAU_REL)
+        for row, p, lo, hi in zip(rows, p_values, lower, upper):
+            row.update(always_valid_p=float(p), always_valid_ci=[float(lo), float(hi)])
     return rows
 
 
@@ -76,6 +86,7 @@ def build_report(result: SimulationResult, shares, meta: dict, alpha=stats.ALPHA
         "overall": scope(analysis["overall"]),
         "domains": [scope(d) for d in analysis["domains"]],
         "cumulative_ctr_lift": cumulative_lift(result, shares),
+        "msprt_tau_rel": MSPRT_TAU_REL,
         "oracle_overall_ctr_lift": None if oracle is None else oracle["overall"]["ctr"],
     }
 
@@ -130,6 +141,12 @@ def conclusions(report: dict) -> List[str]:
             lines.append(f"Overall, no significant {label} difference ({_pct(m['rel_lift'])}, 95% CI "
                          f"{_ci(m['rel_ci'])}). Not enough traffic to detect a {label} lift smaller than "
                          f"±{100 * m['mde_rel']:.2f}% (the run's MDE at {power}% power).{truth}")
+    cumulative = report.get("cumulative_ctr_lift") or []
+    if cumulative:
+        last = cumulative[-1]
+        lines.append(f"Always-valid (mSPRT) CTR p-value over {len(cumulative)} looks: {_p(last['always_valid_p'])}, "
+                     f"interval {_ci(last['always_valid_ci'])}; unlike the fixed-horizon p-value it stays valid "
+                     "if the run was watched and stopped early.")
     for d in report["domains"]:
         m = d["metrics"].get("ctr")
         small = m is not None and min(d["users_stable"], d["users_canary"]) < stats.MIN_USERS_PER_ARM
@@ -193,6 +210,8 @@ def to_markdown(report: dict) -> str:
             "for both arms), normal approximation.",
             f"- Per-domain p-values: {report['multiple_comparison']}. Fixed-horizon p-values (valid at the planned "
             "end of the run only).",
+            f"- Cumulative view: always-valid mSPRT p-values and intervals (normal mixture, tau = "
+            f"{100 * report.get('msprt_tau_rel', MSPRT_TAU_REL):g}% relative lift) over the plotted looks.",
             f"- SRM: chi-square of users per arm against the policy share; alarm at p < {report['srm_alarm_threshold']}.",
             f"- MDE: smallest relative lift detected with {int(100 * report['power'])}% power at alpha "
             f"{report['alpha']}, from this run's standard errors.",
@@ -241,6 +260,9 @@ def plot_cumulative(report: dict, path: str) -> None:
         ax.plot(day, [100 * r["rel_lift"] for r in rows], "o-", label="cumulative CTR lift")
         ax.fill_between(day, [100 * r["rel_ci"][0] for r in rows], [100 * r["rel_ci"][1] for r in rows],
                         alpha=0.25, label="95% CI (fixed-horizon)")
+        for bound in (0, 1):
+            ax.plot(day, [100 * r["always_valid_ci"][bound] for r in rows], ":", color="tab:green",
+                    label="always-valid 95% CI (mSPRT)" if bound == 0 else None)
     if report["oracle_overall_ctr_lift"] is not None:
         ax.axhline(100 * report["oracle_overall_ctr_lift"], color="tab:red", linestyle="--", label="oracle lift")
     ax.axhline(0, color="grey", linewidth=0.8)

@@ -31,7 +31,8 @@ Methods (Deng, Knoblich & Lu, KDD 2018; GrowthBook/Statsig documentation):
 - CUPED (Deng, Xu, Kohavi & Walker, WSDM 2013) with a pre-period covariate: per-user metrics
   y - theta (x - mean x); for CTR the numerator is adjusted by the linearised pre-period CTR
   (their appendix B), so the same delta-method machinery applies.
-All p-values are fixed-horizon: valid at the planned end of the run, not for peeking.
+All p-values in the tables are fixed-horizon: valid at the planned end of the run, not for
+peeking. `msprt` gives always-valid p-values and intervals for the cumulative view.
 """
 import dataclasses
 from typing import Dict, List, Optional
@@ -242,6 +243,25 @@ def cuped_adjust(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     var_x = x.var()
     theta = float(np.mean((x - x.mean()) * (y - y.mean())) / var_x) if var_x > 0 else 0.0
     return y - theta * (x - x.mean())
+
+
+def msprt(estimate, variance, tau: float, alpha: float = ALPHA):
+    """Always-valid p-values and intervals of a sequence of looks (mSPRT, Johari, Pekelis & Walsh).
+
+    `estimate[k]`, `variance[k]`: the lift and its (delta-method) variance at look k. With a
+    normal mixture N(0, tau^2) over the true lift, Lambda_k = sqrt(V/(V+tau^2)) exp(est^2 tau^2 /
+    (2 V (V+tau^2))); the always-valid p-value is min_{j<=k} 1/Lambda_j and the interval is the
+    set of lifts theta0 with Lambda_k(theta0) < 1/alpha. Valid whenever the run is stopped,
+    however often it was looked at. Returns (p_values, lower, upper) arrays.
+    """
+    est = np.asarray(estimate, np.float64)
+    var = np.asarray(variance, np.float64)
+    t2 = tau ** 2
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        log_lambda = 0.5 * np.log(var / (var + t2)) + est ** 2 * t2 / (2 * var * (var + t2))
+        p_values = np.minimum.accumulate(np.minimum(1.0, np.exp(-log_lambda)))
+        half_width = np.sqrt(var * (var + t2) / t2 * (2 * np.log(1 / alpha) + np.log((var + t2) / var)))
+    return p_values, est - half_width, est + half_width
 
 
 def naive_impression_ztest(clicks_stable, imps_stable, clicks_canary, imps_canary) -> float:

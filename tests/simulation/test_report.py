@@ -104,3 +104,12 @@ def test_no_oracle_prints_not_available():
     assert built["overall"]["metrics"]["ctr"]["oracle_rel_lift"] is None
     assert "| n/a |" in report.to_markdown(built)
     assert stats.METRICS.keys() == built["overall"]["metrics"].keys()
+
+
+def test_cumulative_rows_carry_always_valid_p_values_wider_than_fixed_horizon(built):
+    rows = built["cumulative_ctr_lift"]
+    p_values = [r["always_valid_p"] for r in rows]
+    assert np.all(np.diff(p_values) <= 0)
+    for r in rows:
+        assert r["always_valid_ci"][0] < r["rel_ci"][0] and r["always_valid_ci"][1] > r["rel_ci"][1]
+    assert any("Always-valid (mSPRT)" in line for line in report.conclusions(built))

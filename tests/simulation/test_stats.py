@@ -276,3 +276,41 @@ def test_ctr_cuped_is_calibrated_and_narrower():
     assert low <= covered / n_runs <= high
     assert aa_low <= aa_rejections / n_runs <= aa_high
     assert np.median(width_ratio) < 0.9
+
+
+def test_msprt_stays_valid_under_peeking_where_the_fixed_horizon_test_does_not():
+    rng = np.random.default_rng(12)
+    n_runs, looks, per_look = 2000, 20, 100
+    # Per-user metric, A/A: every run watched after each batch of users, stopped at the first p < 0.05.
+    y = rng.exponential(1.0, (n_runs, looks * per_look))
+    canary = rng.random((n_runs, looks * per_look)) < 0.5
+    ends = np.arange(per_look, looks * per_look + 1, per_look) - 1
+
+    def running(arm):  # mean and variance of the mean of one arm at every look, all runs at once
+        n = np.cumsum(arm, axis=1)[:, ends]
+        total = np.cumsum(y * arm, axis=1)[:, ends]
+        squares = np.cumsum(y ** 2 * arm, axis=1)[:, ends]
+        mean = total / n
+        return mean, (squares - n * mean ** 2) / (n - 1) / n
+
+    mean_c, var_c = running(canary)
+    mean_s, var_s = running(~canary)
+    estimates, variances = mean_c - mean_s, var_c + var_s
+    naive_stop = np.any(2 * sps.norm.sf(np.abs(estimates) / np.sqrt(variances)) < 0.05, axis=1)
+    msprt_stop = np.array([stats.msprt(e, v, tau=0.1)[0][-1] < 0.05 for e, v in zip(estimates, variances)])
+    low, high = binomial_band(n_runs, 0.05)
+    print(f"A/A with {looks} looks: stop at first fixed-horizon p < 0.05 in {naive_stop.mean():.3f} of runs, "
+          f"always-valid mSPRT p < 0.05 in {msprt_stop.mean():.3f}")
+    assert naive_stop.mean() > high
+    assert msprt_stop.mean() <= 0.05
+
+
+def test_msprt_interval_contains_the_estimate_and_shrinks():
+    p_values, lower, upper = stats.msprt([0.5, 0.4, 0.45], [0.04, 0.01, 0.0025], tau=0.2)
+    assert np.all(np.diff(p_values) <= 0) and np.all(lower < [0.5, 0.4, 0.45]) and np.all(upper > [0.5, 0.4, 0.45])
+    assert np.all(np.diff(upper - lower) < 0)
+    # Lambda at 1/alpha exactly on the interval's edge.
+    var, tau = 0.01, 0.2
+    edge = upper[1] - 0.4
+    log_lambda = 0.5 * np.log(var / (var + tau ** 2)) + edge ** 2 * tau ** 2 / (2 * var * (var + tau ** 2))
+    assert np.exp(log_lambda) == pytest.approx(1 / 0.05)
