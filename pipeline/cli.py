@@ -8,8 +8,6 @@ from crocodile.errors import UserError
 # Kept here (not imported from configs) so `crocodile --help` imports nothing heavy.
 _DEFAULT_TRAIN_STEPS = 2000
 _DEFAULT_EVAL_STEPS = 100
-_DEFAULT_EPOCHS = 5
-_DEFAULT_BATCH_SIZE = 1024
 
 
 def _add_common_arguments(parser) -> None:
@@ -19,9 +17,10 @@ def _add_common_arguments(parser) -> None:
                         help="optimiser steps over all epochs")
     parser.add_argument("--eval-steps", type=int, default=_DEFAULT_EVAL_STEPS,
                         help="validation batches per epoch")
-    parser.add_argument("--epochs", type=int, default=_DEFAULT_EPOCHS,
-                        help="train steps are split into this many epochs (early stopping compares them)")
-    parser.add_argument("--batch-size", type=int, default=_DEFAULT_BATCH_SIZE)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs the train steps are split into (early stopping compares them); "
+                             "default: the model's hparams")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the model's hparams")
     parser.add_argument("--strategy", default="auto",
                         choices=("auto", "default", "mirrored", "multi_worker"),
                         help="tf.distribute strategy of the trainer")
@@ -70,21 +69,29 @@ def register(subparsers) -> None:
     compile_.set_defaults(handler=compile_pipeline)
 
 
-def _hparams(text: str) -> dict:
+def _hparams(args) -> dict:
+    """--hparams JSON plus --epochs/--batch-size, checked against the model's HParams."""
+    from crocodile.model import registry
+    from crocodile.model.hparams import resolve
+
+    if args.model not in registry.MODEL_NAMES:
+        raise UserError(f"--model {args.model!r} is not a registered model; "
+                        f"choose from {', '.join(registry.MODEL_NAMES)}")
     try:
-        value = json.loads(text)
+        value = json.loads(args.hparams)
     except json.JSONDecodeError as error:
         raise UserError(f"--hparams is not valid JSON: {error}") from error
     if not isinstance(value, dict):
         raise UserError("--hparams must be a JSON object, e.g. '{\"learning_rate\": 0.001}'")
+    if args.epochs is not None:
+        value["epochs"] = args.epochs
+    if args.batch_size is not None:
+        value["batch_size"] = args.batch_size
+    try:
+        resolve(args.model, value)
+    except (ValueError, TypeError) as error:
+        raise UserError(f"--hparams: {error}") from error
     return value
-
-
-def _check_model_name(name: str) -> None:
-    from crocodile.model import registry
-
-    if name not in registry.MODEL_NAMES:
-        raise UserError(f"--model {name!r} is not a registered model; choose from {sorted(registry.MODEL_NAMES)}")
 
 
 def beam_args(user_args) -> list:
@@ -97,15 +104,14 @@ def beam_args(user_args) -> list:
 
 
 def _pipeline_kwargs(args, feature_config) -> dict:
-    if args.train_steps < 1 or args.eval_steps < 1 or args.epochs < 1 or args.batch_size < 1:
+    if min(args.train_steps, args.eval_steps, args.epochs or 1, args.batch_size or 1) < 1:
         raise UserError("--train-steps, --eval-steps, --epochs and --batch-size must be >= 1")
     if args.schema and not os.path.exists(args.schema) and "://" not in args.schema:
         raise UserError(f"--schema {args.schema}: no such file")
-    _check_model_name(args.model)
     return dict(
         serving_dir=args.serving_dir, feature_config=feature_config, model_name=args.model,
-        hparams=_hparams(args.hparams), train_steps=args.train_steps, eval_steps=args.eval_steps,
-        epochs=args.epochs, batch_size=args.batch_size, distribution_strategy=args.strategy,
+        hparams=_hparams(args), train_steps=args.train_steps, eval_steps=args.eval_steps,
+        distribution_strategy=args.strategy,
         schema_path=args.schema, beam_pipeline_args=beam_args(args.beam_arg))
 
 

@@ -23,12 +23,11 @@ SPLIT_BUCKETS = {TRAIN_SPLIT: 4, EVAL_SPLIT: 1}
 EVAL_FRACTION = SPLIT_BUCKETS[EVAL_SPLIT] / sum(SPLIT_BUCKETS.values())
 
 # Trainer defaults. train_steps are optimiser steps over all epochs; the trainer splits
-# them into TRAIN_EPOCHS epochs so early stopping on validation AUC has epochs to compare.
+# them evenly over the model's hparams.epochs, so early stopping on validation AUC has
+# epochs to compare. Batch size and epochs are model hyperparameters
+# (crocodile.model.hparams), overridable with --hparams.
 TRAIN_STEPS = 2000
 EVAL_STEPS = 100
-TRAIN_EPOCHS = 5
-TRAIN_BATCH_SIZE = 1024
-EVAL_BATCH_SIZE = 1024
 # tf.distribute strategy for the trainer: "auto" = MultiWorkerMirrored when TF_CONFIG names
 # several workers, Mirrored when GPUs are visible, else the default (one-device) strategy.
 DISTRIBUTION_STRATEGIES = ("auto", "default", "mirrored", "multi_worker")

@@ -36,10 +36,12 @@ def _example_gen(input_base: str, input_format: str):
 
 def trainer_custom_config(feature_config: FeatureConfig, model_name: str,
                           hparams: Optional[Mapping] = None,
-                          distribution_strategy: str = configs.DEFAULT_DISTRIBUTION_STRATEGY,
-                          epochs: int = configs.TRAIN_EPOCHS,
-                          batch_size: int = configs.TRAIN_BATCH_SIZE) -> dict:
-    """What ``trainer.run_fn`` reads from ``fn_args.custom_config``."""
+                          distribution_strategy: str = configs.DEFAULT_DISTRIBUTION_STRATEGY) -> dict:
+    """What ``trainer.run_fn`` reads from ``fn_args.custom_config``.
+
+    ``hparams`` overrides the model's defaults (crocodile.model.hparams.HParams fields,
+    including ``batch_size`` and ``epochs``).
+    """
     if distribution_strategy not in configs.DISTRIBUTION_STRATEGIES:
         raise ValueError(f"distribution_strategy must be one of {configs.DISTRIBUTION_STRATEGIES}")
     return {
@@ -47,8 +49,6 @@ def trainer_custom_config(feature_config: FeatureConfig, model_name: str,
         "model_name": model_name,
         "hparams": dict(hparams or {}),
         "distribution_strategy": distribution_strategy,
-        "epochs": int(epochs),
-        "batch_size": int(batch_size),
     }
 
 
@@ -63,8 +63,6 @@ def create_pipeline(
     hparams: Optional[Mapping] = None,
     train_steps: int = configs.TRAIN_STEPS,
     eval_steps: int = configs.EVAL_STEPS,
-    epochs: int = configs.TRAIN_EPOCHS,
-    batch_size: int = configs.TRAIN_BATCH_SIZE,
     distribution_strategy: str = configs.DEFAULT_DISTRIBUTION_STRATEGY,
     schema_path: Optional[str] = None,
     threshold_domains: Iterable[int] = (),
@@ -108,7 +106,7 @@ def create_pipeline(
         train_args=tfx.proto.TrainArgs(num_steps=int(train_steps)),
         eval_args=tfx.proto.EvalArgs(num_steps=int(eval_steps)),
         custom_config=trainer_custom_config(
-            feature_config, model_name, hparams, distribution_strategy, epochs, batch_size))
+            feature_config, model_name, hparams, distribution_strategy))
 
     model_resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,

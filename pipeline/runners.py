@@ -18,6 +18,11 @@ from tfx.orchestration import metadata
 from crocodile.pipeline import configs
 
 
+# Loggers that repeat harmless warnings on every run (Beam's relayed worker logs,
+# TensorFlow deprecation notices inside TFX); silenced unless verbose.
+_NOISY_LOGGERS = ("apache_beam", "tensorflow")
+
+
 def metadata_path(pipeline_root: str) -> str:
     return os.path.join(pipeline_root, configs.METADATA_FILENAME)
 
@@ -150,10 +155,16 @@ def run_local(pipeline, printer=_print_flush, verbose: bool = False) -> RunOutco
     if verbose:
         std_logging.basicConfig(level=std_logging.INFO)
         absl_logger.setLevel(std_logging.INFO)
-    else:  # TFX logs every step through absl; keep the console to progress lines.
+    else:  # TFX logs every step through absl, Beam relays its workers' warnings:
+        # keep the console to progress lines (failures still raise).
         absl_logger.propagate = False
         quiet = std_logging.NullHandler()
         absl_logger.addHandler(quiet)
+    noisy = {name: std_logging.getLogger(name) for name in _NOISY_LOGGERS}
+    noisy_levels = {name: logger.level for name, logger in noisy.items()}
+    if not verbose:
+        for logger in noisy.values():
+            logger.setLevel(std_logging.ERROR)
     try:
         with _component_progress(printer):
             tfx.orchestration.LocalDagRunner().run(pipeline)
@@ -162,6 +173,8 @@ def run_local(pipeline, printer=_print_flush, verbose: bool = False) -> RunOutco
             absl_logger.removeHandler(quiet)
         absl_logger.setLevel(saved[0])
         absl_logger.propagate = saved[1]
+        for name, logger in noisy.items():
+            logger.setLevel(noisy_levels[name])
     return read_outcome(pipeline.pipeline_info.pipeline_root)
 
 

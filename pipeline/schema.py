@@ -7,6 +7,8 @@ schema (or builds one from scratch) with what the canonical log schema promises:
 - every required column and every model feature is present in every row, with one value;
 - ``domain_id`` is an int in ``[0, num_domains - 1]``;
 - ``click`` is an int in ``[0, 1]``;
+- the optional log columns (purchase, position, request_id, timestamp) may be absent from
+  some rows, even when every row of the logs the schema was inferred from had them;
 - categorical features carry no inferred string domain (new ids and categories are normal
   and go to the vocabulary's OOV bucket, so they are not anomalies).
 
@@ -17,7 +19,7 @@ from typing import Dict, List
 
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
 
-from crocodile.model.features import DOMAIN_KEY, LABEL_KEY, REQUIRED_COLUMNS, FeatureConfig
+from crocodile.model.features import DOMAIN_KEY, LABEL_KEY, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, FeatureConfig
 
 _SCHEMA_TYPES = {"bytes": schema_pb2.BYTES, "int64": schema_pb2.INT, "float": schema_pb2.FLOAT}
 
@@ -59,6 +61,12 @@ def curate_schema(inferred: schema_pb2.Schema, config: FeatureConfig) -> schema_
         if name in categorical:
             feature.ClearField("domain")
             feature.ClearField("string_domain")
+    existing = {f.name: f for f in schema.feature}
+    for name in set(OPTIONAL_COLUMNS) - set(required_columns(config)):
+        if name in existing:
+            existing[name].presence.min_fraction = 0.0
+            existing[name].presence.min_count = 0
+            existing[name].ClearField("shape")
     domain = _feature(schema, DOMAIN_KEY)
     domain.int_domain.min = 0
     domain.int_domain.max = config.num_domains - 1

@@ -1,8 +1,9 @@
 """TFX Trainer ``run_fn``: transformed examples -> trained model -> serving SavedModel.
 
 Reads ``fn_args.custom_config`` (built by ``pipeline.trainer_custom_config``): the
-model's registry name and hyperparameters, the feature config, the tf.distribute
-strategy, epochs and batch size. Training is crocodile.model.training.fit (early stopping
+model's registry name, hyperparameter overrides (crocodile.model.hparams; batch size and
+epochs included), the feature config and the tf.distribute strategy. The pipeline's
+train steps are split evenly over the epochs. Training is crocodile.model.training.fit (early stopping
 on validation AUC, best weights restored). The export saves ``model.network`` only.
 
 Besides the SavedModel it writes, under ``fn_args.model_run_dir`` (the ModelRun
@@ -58,15 +59,15 @@ def network_checkpoint_path(model_run_dir: str) -> str:
 def run_fn(fn_args) -> None:
     """TFX Trainer entry point (GenericExecutor)."""
     from crocodile.model import registry, training
+    from crocodile.model.hparams import resolve
     from crocodile.pipeline.preprocessing import vocab_sizes
     from crocodile.serving.export import export_serving_model
 
     custom = fn_args.custom_config or {}
     feature_config = FeatureConfig.from_dict(custom["feature_config"])
     model_name = custom.get("model_name", configs.DEFAULT_MODEL)
-    hparams = dict(custom.get("hparams") or {})
-    epochs = max(1, int(custom.get("epochs", configs.TRAIN_EPOCHS)))
-    batch_size = int(custom.get("batch_size", configs.TRAIN_BATCH_SIZE))
+    hparams = resolve(model_name, custom.get("hparams") or {})
+    epochs, batch_size = hparams.epochs, hparams.batch_size
     train_steps = max(1, int(fn_args.train_steps))
     steps_per_epoch = max(1, train_steps // epochs)
     epochs = min(epochs, train_steps)
@@ -75,7 +76,7 @@ def run_fn(fn_args) -> None:
     tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     sizes = vocab_sizes(tft_output, feature_config)
     train_ds = _dataset(fn_args, fn_args.train_files, tft_output, batch_size)
-    eval_ds = _dataset(fn_args, fn_args.eval_files, tft_output, configs.EVAL_BATCH_SIZE)
+    eval_ds = _dataset(fn_args, fn_args.eval_files, tft_output, batch_size)
 
     strategy = distribution_strategy(custom.get("distribution_strategy", "auto"))
     logging.info("Training %s with %s: %d epochs x %d steps, batch %d, vocab sizes %s",
@@ -90,7 +91,7 @@ def run_fn(fn_args) -> None:
     export_serving_model(model.network, tft_output, feature_config, fn_args.serving_model_dir)
     tf.train.Checkpoint(network=model.network).write(network_checkpoint_path(fn_args.model_run_dir))
     run_info = {
-        "model_name": model_name, "hparams": hparams, "vocab_sizes": sizes,
+        "model_name": model_name, "hparams": hparams.to_dict(), "vocab_sizes": sizes,
         "epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size,
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
     }

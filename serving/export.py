@@ -30,11 +30,22 @@ REGRESS_METHOD_NAME = "tensorflow/serving/regress"
 OUTPUT_KEY = "outputs"
 
 
+_SCALAR_SPECS = {"bytes": tf.string, "int64": tf.int64, "float": tf.float32}
+
+
 def serving_feature_spec(tft_output, feature_config: FeatureConfig) -> Dict[str, tf.io.FixedLenFeature]:
-    """The raw feature spec limited to the columns the model reads."""
-    raw_spec = tft_output.raw_feature_spec()
-    wanted = set(feature_config.raw_feature_columns)
-    missing = wanted - set(raw_spec)
+    """The raw feature spec limited to the columns the model reads.
+
+    TFX's Transform records the raw schema next to the transform graph; a transform
+    analysed in-process (crocodile.pipeline.transform_local) records only the transform
+    graph, whose inputs are the feature config's columns as scalars.
+    """
+    wanted = feature_config.raw_feature_columns
+    try:
+        raw_spec = tft_output.raw_feature_spec()
+    except OSError:  # no raw metadata written with this transform graph
+        return {key: tf.io.FixedLenFeature([], _SCALAR_SPECS[dtype]) for key, dtype in wanted.items()}
+    missing = set(wanted) - set(raw_spec)
     if missing:
         raise ValueError(f"raw schema lacks model input columns {sorted(missing)}")
     return {key: spec for key, spec in raw_spec.items() if key in wanted}

@@ -1,0 +1,142 @@
+"""The serving export: signatures, predictions equal to the Keras network, no training-only state.
+
+One small model is trained for a few steps (so its optimizer slots, metrics and the
+covariance-loss path all exist) and exported once per module.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+from crocodile.model import registry, training
+from crocodile.model.features import DOMAIN_KEY, LABEL_KEY, FeatureConfig
+from crocodile.pipeline import transform_local
+from crocodile.pipeline.preprocessing import vocab_sizes
+from crocodile.serving import export
+from crocodile.serving.examples import make_example
+
+pytestmark = pytest.mark.slow
+
+SMALL_HPARAMS = {"embedding_dim": 4, "num_embedding_sets": 2, "expert_units": [8], "tower_units": [4],
+                 "prior_embedding_dim": 4, "batch_size": 128, "epochs": 1}
+# Op types that change state or train: none may run in a serving signature.
+TRAINING_OP_TYPES = {"AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp",
+                     "ResourceApplyAdam", "ResourceApplyGradientDescent", "ResourceScatterAdd"}
+TRAINING_NAME_PARTS = ("optimizer", "adam", "iteration", "auc", "bce", "tracker", "disentangle",
+                       "covariance", "true_positives", "false_positives", "learning_rate")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    base = tmp_path_factory.mktemp("export")
+    data_dir = str(base / "data")
+    subprocess.run([sys.executable, "-m", "crocodile", "data", "generate", "--out", data_dir,
+                    "--impressions", "3000", "--users", "150", "--items", "60", "--quiet"],
+                   check=True, capture_output=True)
+    config = FeatureConfig.load(os.path.join(data_dir, "feature_config.json"))
+    result = transform_local.analyze_and_transform(data_dir, str(base / "tft"), config)
+    model = registry.build_model("crocodile", config, vocab_sizes(result.tft_output, config), SMALL_HPARAMS)
+    training.fit(model, transform_local.make_dataset(result.train, 128), None, SMALL_HPARAMS,
+                 epochs=1, steps_per_epoch=5, verbose=0)
+    export_dir = export.export_serving_model(model.network, result.tft_output, config, str(base / "model"))
+    return {"model": model, "result": result, "config": config, "dir": export_dir,
+            "loaded": tf.saved_model.load(export_dir)}
+
+
+def _raw_examples(exported, rows: int = 64):
+    """Serialized tf.Examples of the first eval rows: model inputs only (no label, no log columns)."""
+    frame = exported["result"].eval_raw.iloc[:rows]
+    columns = list(exported["config"].raw_feature_columns)
+    return [make_example({k: row[k] for k in columns}).SerializeToString()
+            for row in frame.to_dict("records")]
+
+
+def _network_probability(exported, rows: int = 64) -> np.ndarray:
+    arrays = exported["result"].eval
+    features = {k: tf.constant(v[:rows]) for k, v in arrays.items() if k.endswith("_xf")}
+    return exported["model"].network(features, training=False)["probability"].numpy().reshape(-1)
+
+
+def test_serving_default_and_regress_equal_the_keras_network(exported):
+    examples = tf.constant(_raw_examples(exported))
+    expected = _network_probability(exported)
+    signatures = exported["loaded"].signatures
+    served = signatures["serving_default"](examples=examples)["outputs"].numpy()
+    regressed = signatures["regress"](inputs=examples)["outputs"].numpy()
+    assert served.shape == regressed.shape == expected.shape == (64,)
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    np.testing.assert_allclose(regressed, expected, atol=1e-5)
+    assert 0.0 < served.min() and served.max() < 1.0
+
+
+def test_signature_names_io_and_regress_method(exported):
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(exported["dir"], "saved_model.pb"), "rb") as f:
+        saved_model.ParseFromString(f.read())
+    signature_defs = saved_model.meta_graphs[0].signature_def
+    assert set(signature_defs) >= {"serving_default", "regress", "transform_features"}
+    regress = signature_defs["regress"]
+    assert regress.method_name == "tensorflow/serving/regress"
+    assert list(regress.inputs) == ["inputs"] and regress.inputs["inputs"].dtype == tf.string.as_datatype_enum
+    assert list(regress.outputs) == ["outputs"] and regress.outputs["outputs"].dtype == tf.float32.as_datatype_enum
+    assert list(signature_defs["serving_default"].inputs) == ["examples"]
+    assert signature_defs["serving_default"].method_name == "tensorflow/serving/predict"
+    transformed = exported["loaded"].signatures["transform_features"](
+        examples=tf.constant(_raw_examples(exported, 4)))
+    assert transformed[f"{DOMAIN_KEY}_xf"].dtype == tf.int64 and LABEL_KEY not in transformed
+
+
+def test_example_list_with_context_bytes_concatenation_scores_like_full_examples(exported):
+    # TF Serving's Regress builds each candidate's input as context bytes + candidate bytes
+    # (proto merge); the signature must score that like the full example.
+    config = exported["config"]
+    row = exported["result"].eval_raw.iloc[0].to_dict()
+    context_keys = {"user_id", "user_segment", "user_region", DOMAIN_KEY}
+    context = make_example({k: row[k] for k in context_keys}).SerializeToString()
+    candidate = make_example({k: row[k] for k in config.raw_feature_columns if k not in context_keys})
+    full = make_example({k: row[k] for k in config.raw_feature_columns}).SerializeToString()
+    regress = exported["loaded"].signatures["regress"]
+    merged = regress(inputs=tf.constant([context + candidate.SerializeToString()]))["outputs"].numpy()
+    np.testing.assert_allclose(merged, regress(inputs=tf.constant([full]))["outputs"].numpy(), atol=1e-7)
+
+
+def test_request_missing_a_model_input_is_rejected(exported):
+    row = exported["result"].eval_raw.iloc[0].to_dict()
+    columns = [k for k in exported["config"].raw_feature_columns if k != "item_id"]
+    example = make_example({k: row[k] for k in columns}).SerializeToString()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="item_id"):
+        exported["loaded"].signatures["serving_default"](examples=tf.constant([example]))
+
+
+def _signature_ops(concrete_function):
+    graph_def = concrete_function.graph.as_graph_def()
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        nodes.extend(function.node_def)
+    return nodes
+
+
+def test_export_holds_the_network_and_nothing_training_only(exported):
+    model, loaded = exported["model"], exported["loaded"]
+    network_names = sorted(v.name for v in model.network.variables)
+    training_only = [v.name for v in model.variables if v.name not in set(network_names)]
+    training_only += [v.name for v in model.optimizer.variables]
+    assert training_only, "the trained model must own training-only state for this test to mean anything"
+
+    # Every variable the signatures capture is a network variable, and the checkpoint holds
+    # exactly as many variables (same shapes) as the network: nothing else was saved.
+    captured = {v.name for name in ("serving_default", "regress") for v in loaded.signatures[name].variables}
+    assert captured == set(network_names)
+    saved = [(key, shape) for key, shape in tf.train.list_variables(os.path.join(exported["dir"], "variables", "variables"))
+             if key.endswith("VARIABLE_VALUE")]
+    assert sorted(tuple(shape) for _, shape in saved) == sorted(tuple(v.shape) for v in model.network.variables)
+    for key, _ in saved:
+        assert not any(part in key.lower() for part in TRAINING_NAME_PARTS), key
+    for name in ("serving_default", "regress", "transform_features"):
+        for node in _signature_ops(loaded.signatures[name]):
+            assert node.op not in TRAINING_OP_TYPES, (name, node.name, node.op)
+            assert not any(part in node.name.lower() for part in ("disentangle", "covariance", "adam")), node.name
