@@ -35,6 +35,7 @@ RUNTIME = [
     "pyyaml>=6",
     "prometheus-client>=0.17",
     "tqdm>=4.60",
+    "google-crc32c>=1.5",  # TFRecord framing in simulation/log_writers.py
 ]
 
 SUBPACKAGES = {
