@@ -13,10 +13,13 @@ import dataclasses
 import os
 from typing import Dict, Optional
 
+import grpc
 import numpy as np
 
 from crocodile.errors import UserError
 from crocodile.model.features import DOMAIN_KEY
+
+LIVE_TIMEOUT_S = 10.0  # per Regress call through the router
 
 
 @dataclasses.dataclass
@@ -144,12 +147,16 @@ class PrePeriodScorer:
 
 
 class LiveScorer:
-    """Every request through the router over gRPC; the arm from its trailing metadata."""
+    """Every request through the router over gRPC; the arm from its trailing metadata.
+
+    A failed request stops the run with its gRPC status: a live A/B that silently dropped
+    requests would bias the arms (the router logs every request, failed ones included).
+    """
 
     def __init__(self, world, target: str, oracle_models: Optional[ModelPair] = None):
         from crocodile.serving.client import ScoringClient
 
-        self._client = ScoringClient(target)
+        self._client = ScoringClient(target, timeout_s=LIVE_TIMEOUT_S)
         self._world = world
         self._oracle = oracle_models
 
@@ -162,9 +169,13 @@ class LiveScorer:
             items = self._world.item_features(candidates[row])
             item_rows = [dict(zip(items, values)) for values in zip(*(items[k].tolist() for k in items))]
             context = {key: users[key][row].item() for key in users}
-            result = self._client.regress(int(domain[row]), str(users["user_id"][row]), item_rows,
-                                          context=context,
-                                          request_id=None if request_ids is None else str(request_ids[row]))
+            try:
+                result = self._client.regress(int(domain[row]), str(users["user_id"][row]), item_rows,
+                                              context=context,
+                                              request_id=None if request_ids is None else str(request_ids[row]))
+            except grpc.RpcError as error:
+                raise UserError(f"--target {self._client.target}: request {row} of this chunk failed with "
+                                f"{error.code().name}: {error.details()}") from None
             shown[row] = result.scores
             if result.arm not in ("stable", "canary"):
                 raise RuntimeError(f"router answered without a valid arm in trailing metadata: {result.arm!r}")

@@ -105,3 +105,13 @@ def test_live_cli_writes_a_report(servers, tmp_path):
     assert report["oracle_overall_ctr_lift"] is None  # no in-process models given: no oracle
     assert len(exposures(servers["exposure_log"], "ab32-")) == 150
     assert "Per domain" in (tmp_path / "report.md").read_text()
+
+
+def test_live_run_against_no_server_stops_with_the_grpc_status(servers):
+    import socket
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    scorer = ab_scorers.LiveScorer(servers["world"], f"127.0.0.1:{port}")
+    with pytest.raises(abtest_cli.UserError, match="UNAVAILABLE"):
+        abtest.simulate(servers["world"], scorer, 3, seed=33, progress=False)
