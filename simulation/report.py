@@ -26,17 +26,21 @@ METRIC_LABELS = {"ctr": "CTR", "clicks_per_user": "clicks/user", "gmv_per_user":
 
 
 def cumulative_lift(result: SimulationResult, shares: np.ndarray, metric: str = "ctr",
-                    points: int = CUMULATIVE_POINTS) -> List[dict]:
-    """Overall relative lift and interval on the data up to each of `points` times."""
+                    points: int = CUMULATIVE_POINTS, pre_cells: Optional[stats.Cells] = None) -> List[dict]:
+    """Overall relative lift and interval on the data up to each of `points` times (CUPED
+    with `pre_cells`, as in the tables)."""
     rows = []
     in_experiment = [d for d in range(result.num_domains) if shares[d] not in (0.0, 1.0)]
     for upto in np.linspace(0, result.user.size, points + 1)[1:].astype(int):
         cells = result.cells(upto)
+        if pre_cells is not None:
+            cells = cells.with_pre_period(pre_cells)
         present = [d for d in in_experiment
                    if np.any(cells.canary[cells.domain == d]) and np.any(~cells.canary[cells.domain == d])]
         if len(np.unique(cells.user)) < 3 or not present:
             continue
-        comparison = stats.overall_comparison(cells, present, metric, result.num_domains)
+        comparison = stats.overall_comparison(cells, present, metric, result.num_domains,
+                                              use_cuped=pre_cells is not None)
         se_rel = (comparison.rel_ci[1] - comparison.rel_ci[0]) / (2 * sps.norm.ppf(1 - stats.ALPHA / 2))
         rows.append({"day": float((result.timestamp[upto - 1] - result.timestamp[0]) / SECONDS_PER_DAY),
                      "requests": int(upto), "rel_lift": comparison.rel_lift, "se_rel": float(se_rel),
@@ -58,8 +62,9 @@ def build_report(result: SimulationResult, shares, meta: dict, alpha=stats.ALPHA
     """
     shares = np.asarray(shares, np.float64)
     cells = result.cells()
-    if pre_period is not None:
-        cells = cells.with_pre_period(pre_period.cells())
+    pre_cells = None if pre_period is None else pre_period.cells()
+    if pre_cells is not None:
+        cells = cells.with_pre_period(pre_cells)
     analysis = stats.analyze(cells, shares, alpha, power, use_cuped=pre_period is not None)
     oracle = oracle_lifts(result)
 
@@ -85,7 +90,7 @@ def build_report(result: SimulationResult, shares, meta: dict, alpha=stats.ALPHA
         "srm_alarm_threshold": stats.SRM_ALARM_P,
         "overall": scope(analysis["overall"]),
         "domains": [scope(d) for d in analysis["domains"]],
-        "cumulative_ctr_lift": cumulative_lift(result, shares),
+        "cumulative_ctr_lift": cumulative_lift(result, shares, pre_cells=pre_cells),
         "msprt_tau_rel": MSPRT_TAU_REL,
         "oracle_overall_ctr_lift": None if oracle is None else oracle["overall"]["ctr"],
     }
@@ -268,7 +273,7 @@ def plot_cumulative(report: dict, path: str) -> None:
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("simulated days")
     ax.set_ylabel("relative CTR lift (%)")
-    ax.set_title("Cumulative overall CTR lift")
+    ax.set_title("Cumulative overall CTR lift" + (" (CUPED)" if report.get("cuped") else ""))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
