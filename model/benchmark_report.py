@@ -107,7 +107,8 @@ def markdown(report: dict) -> str:
              f"Data: {data['dir']}; fit {data['rows_fit']:,} / validation {data['rows_validation']:,} / "
              f"eval {data['rows_eval']:,} rows; eval rows per domain "
              + ", ".join(f"{d}: {data['eval_rows_by_domain'][d]:,}" for d in domains)
-             + f". Seeds: {report['settings']['seeds']}; mean ± std over seeds.", ""]
+             + f". Seeds: {report.get('seeds_completed', report['settings']['seeds'])} of {report['settings']['seeds']}; "
+             f"mean ± std over seeds.", ""]
     for metric in METRICS:
         lines += [f"## {metric.upper()} (eval split)", "",
                   "| model | overall | " + " | ".join(f"domain {d}" for d in domains) + " |",

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -131,18 +131,6 @@ def run(data_dir: str, models: Sequence[str], seeds: int, out_dir: str, max_rows
     oracle = None if oracle_scores is None else score(
         eval_arrays["click"], oracle_scores, eval_arrays["user_id"], eval_arrays["domain_id_xf"])
 
-    runs: List[dict] = []
-    for seed in range(seeds):
-        for name in models:
-            log.info("seed %d/%d: training %s", seed + 1, seeds, name)
-            result = train_one(name, seed, data, feature_config, vocab, hparams, epochs)
-            log.info("  %s seed %d: AUC %.4f gAUC %.4f in %.0fs", name, seed,
-                     result["metrics"]["overall"]["auc"], result["metrics"]["overall"]["gauc"],
-                     result["train_seconds"])
-            runs.append(result)
-            with open(os.path.join(out_dir, "runs.jsonl"), "a") as f:
-                f.write(json.dumps(result) + "\n")
-
     report = {
         "data": {"dir": os.path.abspath(data_dir), "rows_fit": len(fit_arrays["click"]),
                  "rows_validation": len(val_arrays["click"]), "rows_eval": len(eval_arrays["click"]),
@@ -152,9 +140,21 @@ def run(data_dir: str, models: Sequence[str], seeds: int, out_dir: str, max_rows
                      "hparams_defaults": HParams().to_dict(), "max_rows": max_rows},
         "transform_seconds": transform_seconds,
         "oracle": oracle,
-        "runs": runs,
+        "runs": [],
     }
-    report["summary"] = summarise(runs, models, oracle)
-    report["total_seconds"] = time.perf_counter() - start
-    write_report(report, out_dir)
+    for seed in range(seeds):
+        for name in models:
+            log.info("seed %d/%d: training %s", seed + 1, seeds, name)
+            result = train_one(name, seed, data, feature_config, vocab, hparams, epochs)
+            log.info("  %s seed %d: AUC %.4f gAUC %.4f in %.0fs", name, seed,
+                     result["metrics"]["overall"]["auc"], result["metrics"]["overall"]["gauc"],
+                     result["train_seconds"])
+            report["runs"].append(result)
+            with open(os.path.join(out_dir, "runs.jsonl"), "a") as f:
+                f.write(json.dumps(result) + "\n")
+        # A complete report after every round of seeds, so a cut-short run still has one.
+        report["seeds_completed"] = seed + 1
+        report["summary"] = summarise(report["runs"], models, oracle)
+        report["total_seconds"] = time.perf_counter() - start
+        write_report(report, out_dir)
     return report
