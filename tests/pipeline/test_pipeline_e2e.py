@@ -1,0 +1,160 @@
+"""End to end: `crocodile pipeline run` on generated world logs, checked through ML Metadata.
+
+One pipeline root is shared by the module: the first run (a small Crocodile model) must be
+blessed and pushed; a second run with a crippled model reuses the cached ExampleGen,
+StatisticsGen and Transform, must not be blessed, and must leave the pushed version
+untouched.
+"""
+import contextlib
+import glob
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from tfx import v1 as tfx
+from tfx.orchestration import metadata
+
+from crocodile.cli import main
+from crocodile.model import registry
+from crocodile.model.features import FeatureConfig
+from crocodile.pipeline import trainer
+from crocodile.serving.examples import make_example
+
+pytestmark = pytest.mark.slow
+
+SMALL_HPARAMS = {"embedding_dim": 8, "num_embedding_sets": 2, "expert_units": [16], "tower_units": [8],
+                 "prior_embedding_dim": 8, "batch_size": 256, "epochs": 2}
+# In-process Beam: on two shared cores, starting Beam worker processes for each of the
+# five Beam components costs minutes for these few rows. The multi-processing default
+# runs in benchmarks/pipeline.py and `make demo`.
+BEAM_ARGS = ["--beam-arg=--direct_running_mode=in_memory", "--beam-arg=--direct_num_workers=1"]
+COMPONENTS = {"CsvExampleGen", "StatisticsGen", "SchemaGen", "CuratedSchemaGen", "ExampleValidator",
+              "AnomaliesGate", "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator",
+              "Pusher"}
+COMPLETE, CACHED = 3, 5  # ml_metadata Execution.State
+
+
+def run_cli(args):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(args)
+    return code, out.getvalue()
+
+
+def executions_by_node(pipeline_root):
+    config = tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        os.path.join(pipeline_root, "metadata.sqlite"))
+    with metadata.Metadata(config) as m:
+        return {c.name.split(".", 1)[1]: sorted(m.store.get_executions_by_context(c.id), key=lambda e: e.id)
+                for c in m.store.get_contexts_by_type("node")}
+
+
+def latest_artifact_uri(pipeline_root, type_name):
+    config = tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        os.path.join(pipeline_root, "metadata.sqlite"))
+    with metadata.Metadata(config) as m:
+        return max(m.store.get_artifacts_by_type(type_name), key=lambda a: a.id).uri
+
+
+def file_states(folder):
+    """{relative path: (sha256, mtime_ns)} of every file under ``folder``."""
+    states = {}
+    for path in sorted(glob.glob(os.path.join(folder, "**"), recursive=True)):
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                states[os.path.relpath(path, folder)] = (hashlib.sha256(f.read()).hexdigest(),
+                                                         os.stat(path).st_mtime_ns)
+    return states
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pipeline")
+    data = str(base / "data")
+    subprocess.run([sys.executable, "-m", "crocodile", "data", "generate", "--out", data,
+                    "--impressions", "20000", "--users", "400", "--items", "150", "--quiet"],
+                   check=True, capture_output=True)
+    paths = {"data": data, "root": str(base / "root"), "serving": str(base / "serving")}
+    code, output = run_cli(["pipeline", "run", "--data", data, "--model", "crocodile",
+                            "--pipeline-root", paths["root"], "--serving-dir", paths["serving"],
+                            "--train-steps", "120", "--eval-steps", "10",
+                            "--hparams", json.dumps(SMALL_HPARAMS), *BEAM_ARGS])
+    return {**paths, "code": code, "output": output}
+
+
+def test_first_run_is_blessed_and_pushed_to_a_versioned_base_path(first_run):
+    assert first_run["code"] == 0, first_run["output"]
+    assert "model blessed: yes" in first_run["output"], first_run["output"]
+    versions = os.listdir(os.path.join(first_run["serving"], "crocodile"))
+    assert len(versions) == 1 and versions[0].isdigit()
+    pushed = os.path.join(first_run["serving"], "crocodile", versions[0])
+    assert os.path.exists(os.path.join(pushed, "saved_model.pb"))
+    assert f"pushed to: {pushed}" in first_run["output"]
+
+
+def test_every_component_ran_once_and_succeeded(first_run):
+    executions = executions_by_node(first_run["root"])
+    assert set(executions) == COMPONENTS
+    for node, node_executions in executions.items():
+        assert [e.last_known_state for e in node_executions] == [COMPLETE], node
+
+
+def _restored_network(root, config):
+    """The trained Keras network, rebuilt from the registry and the Trainer's checkpoint."""
+    import tensorflow_transform as tft
+    from crocodile.pipeline.preprocessing import vocab_sizes
+
+    run_dir = latest_artifact_uri(root, "ModelRun")
+    with open(os.path.join(run_dir, trainer.RUN_INFO_FILENAME)) as f:
+        info = json.load(f)
+    tft_output = tft.TFTransformOutput(latest_artifact_uri(root, "TransformGraph"))
+    model = registry.build_model(info["model_name"], config, vocab_sizes(tft_output, config), info["hparams"])
+    return model.network, tft_output, trainer.network_checkpoint_path(run_dir)
+
+
+def test_pushed_model_scores_raw_examples_like_the_trained_network(first_run):
+    config = FeatureConfig.load(os.path.join(first_run["data"], "feature_config.json"))
+    rows = pd.read_csv(os.path.join(first_run["data"], "logs", "part-00000.csv"), nrows=50,
+                       dtype={k: str for k in config.categorical})
+    # Whole log rows, label and log-only columns included: serving must ignore them.
+    examples = tf.constant([make_example(row).SerializeToString() for row in rows.to_dict("records")])
+
+    network, tft_output, checkpoint = _restored_network(first_run["root"], config)
+    raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k in config.raw_feature_columns}
+    transformed = tft_output.transform_raw_features(tf.io.parse_example(examples, raw_spec))
+    features = {k: v for k, v in transformed.items() if k.endswith("_xf")}
+    network(features, training=False)  # creates the variables, then restore the trained values
+    tf.train.Checkpoint(network=network).read(checkpoint).assert_existing_objects_matched()
+    expected = network(features, training=False)["probability"].numpy().reshape(-1)
+
+    version = os.listdir(os.path.join(first_run["serving"], "crocodile"))[0]
+    loaded = tf.saved_model.load(os.path.join(first_run["serving"], "crocodile", version))
+    served = loaded.signatures["serving_default"](examples=examples)["outputs"].numpy()
+    regressed = loaded.signatures["regress"](inputs=examples)["outputs"].numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    np.testing.assert_allclose(regressed, expected, atol=1e-5)
+    assert np.std(expected) > 0  # a trained model, not a constant
+
+
+def test_worse_model_is_not_blessed_and_the_pushed_version_stays_untouched(first_run):
+    before = file_states(first_run["serving"])
+    crippled = dict(SMALL_HPARAMS, learning_rate=1e-9, epochs=1)
+    code, output = run_cli(["pipeline", "run", "--data", first_run["data"], "--model", "crocodile",
+                            "--pipeline-root", first_run["root"], "--serving-dir", first_run["serving"],
+                            "--train-steps", "1", "--eval-steps", "2",
+                            "--hparams", json.dumps(crippled), *BEAM_ARGS])
+    assert code == 0, output
+    assert "model blessed: no" in output and "pushed: no" in output, output
+    assert "auc" in output.lower()  # the failed check is named
+    assert file_states(first_run["serving"]) == before
+    executions = executions_by_node(first_run["root"])
+    for cached in ("CsvExampleGen", "StatisticsGen", "Transform"):
+        assert [e.last_known_state for e in executions[cached]] == [COMPLETE, CACHED], cached
+    assert [e.last_known_state for e in executions["Trainer"]] == [COMPLETE, COMPLETE]
