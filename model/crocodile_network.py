@@ -14,7 +14,7 @@ The covariance loss is not here: it lives on the outer model, in training only.
 import tensorflow as tf
 
 from crocodile.model.blocks import DomainTowers, GroupedMLP
-from crocodile.model.gates import ElementwiseGate, ExpertGate, mix_element_wise, mix_expert_level
+from crocodile.model.gates import ElementwiseGate, ExpertGate, mix_expert_level
 from crocodile.model.inputs import PriorEmbeddings
 from crocodile.model.network_base import DomainNetwork, with_dense
 
@@ -52,9 +52,13 @@ class CrocodileNetwork(DomainNetwork):
         if self.num_embedding_sets == 1:
             per_set = tf.tile(per_set, [1, self.num_experts, 1])                 # SE: all experts share it
         expert_outputs = self.experts(per_set)                                    # (N, M, d), >= 0
-        weights = self.gates(self.gate_input(inputs, features))
-        mix = mix_element_wise if self.element_wise else mix_expert_level
-        mixed = mix(weights, expert_outputs)                                      # (N, S, d)
+        gate_input = self.gate_input(inputs, features)
+        if self.element_wise:
+            # Only the row's own domain's gate: the same function, S times less work.
+            weights = self.gates(gate_input, inputs["domain"])                    # (N, M, d)
+            mixed = tf.reduce_sum(weights * expert_outputs, axis=1)               # (N, d)
+        else:
+            mixed = mix_expert_level(self.gates(gate_input), expert_outputs)      # (N, S, d)
         return self.towers(mixed, inputs["domain"]), expert_outputs
 
     @property

@@ -34,15 +34,32 @@ class ExpertGate(tf.keras.layers.Layer):
         return tf.nn.softmax(self.logits(x), axis=-1)
 
 
+def own_group_dense(layer: GroupedDense, x: tf.Tensor, group: tf.Tensor) -> tf.Tensor:
+    """Row i of x (N, in) through weight set group[i] of a GroupedDense: (N, units).
+    One matmul per group on its own rows (dynamic partition / stitch), G times cheaper
+    than evaluating every group for every row and selecting."""
+    if not layer.built:
+        layer.build(x.shape)
+    num_groups = layer.groups
+    rows = tf.dynamic_partition(tf.range(tf.shape(x)[0]), group, num_groups)
+    parts = tf.dynamic_partition(x, group, num_groups)
+    outputs = [tf.matmul(parts[g], layer.kernel[g]) + layer.bias[g] for g in range(num_groups)]
+    return layer.activation(tf.dynamic_stitch(rows, outputs))
+
+
 class ElementwiseGate(tf.keras.layers.Layer):
     """G linear gates r W_s + b_s reshaped to (M, d), softmax over M for each dimension.
-    call(x) -> weights (N, G, M, d); they sum to 1 over M for every (row, gate, dimension)."""
+    call(x) -> weights (N, G, M, d); they sum to 1 over M for every (row, gate, dimension).
+    call(x, gate_of_row) -> (N, M, d): only each row's own gate (what a domain tower uses)."""
 
     def __init__(self, num_gates: int, num_experts: int, dim: int, **kwargs):
         super().__init__(**kwargs)
         self.num_gates, self.num_experts, self.dim = num_gates, num_experts, dim
         self.logits = GroupedDense(num_gates, num_experts * dim, name="gate_logits")
 
-    def call(self, x):
+    def call(self, x, gate_of_row=None):
+        if gate_of_row is not None:
+            logits = tf.reshape(own_group_dense(self.logits, x, gate_of_row), [-1, self.num_experts, self.dim])
+            return tf.nn.softmax(logits, axis=1)
         logits = tf.reshape(self.logits(x), [-1, self.num_gates, self.num_experts, self.dim])
         return tf.nn.softmax(logits, axis=2)

@@ -38,6 +38,15 @@ def test_element_wise_gate_sums_to_one_over_experts_for_every_dimension():
     assert not np.allclose(weights, 0.25)          # really per dimension, not uniform
 
 
+def test_own_domain_gate_equals_selecting_from_all_gates():
+    gate = ElementwiseGate(num_gates=3, num_experts=4, dim=5)
+    x = np.random.default_rng(2).normal(size=(9, 6)).astype(np.float32)
+    domain = np.array([2, 0, 1, 1, 2, 0, 0, 2, 1], np.int32)
+    everything = gate(x).numpy()
+    own = gate(x, domain).numpy()
+    np.testing.assert_allclose(own, everything[np.arange(9), domain], rtol=1e-5, atol=1e-7)
+
+
 def test_element_wise_gate_hand_values():
     gate = ElementwiseGate(num_gates=1, num_experts=2, dim=2)
     x = np.array([[1.0]], np.float32)
