@@ -20,11 +20,22 @@ import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
 from crocodile.errors import UserError
-from crocodile.model.features import LABEL_KEY, USER_KEY, FeatureConfig, transformed_name
+from crocodile.model.features import (
+    LABEL_KEY,
+    OPTIONAL_COLUMNS,
+    POSITION_KEY,
+    REQUEST_ID_KEY,
+    USER_KEY,
+    FeatureConfig,
+)
 from crocodile.pipeline.preprocessing import CUSTOM_CONFIG_FEATURES_KEY, preprocessing_fn
 
 _TF_DTYPES = {"bytes": tf.string, "int64": tf.int64, "float": tf.float32}
 _NUMPY_DTYPES = {"bytes": object, "int64": np.int64, "float": np.float32}
+# Optional columns kept next to the features when the logs have them: they identify an
+# impression, so evaluations can join the ground truth (request_id, position).
+IMPRESSION_KEY_COLUMNS = (REQUEST_ID_KEY, POSITION_KEY)
+_MISSING = {"bytes": b"", "int64": -1, "float": float("nan")}
 TRANSFORM_BATCH_ROWS = 65536
 
 
@@ -72,17 +83,23 @@ def read_logs(data_dir: str, columns: Dict[str, str], max_rows: Optional[int] = 
 
 
 def _read_tfrecords(files, columns: Dict[str, str], max_rows: Optional[int]) -> pd.DataFrame:
+    extra = {k: OPTIONAL_COLUMNS[k] for k in IMPRESSION_KEY_COLUMNS if k not in columns}
     spec = {k: tf.io.FixedLenFeature([], _TF_DTYPES[t]) for k, t in columns.items()}
+    # Optional columns parse with a sentinel default and are dropped when no row has them.
+    spec.update({k: tf.io.FixedLenFeature([], _TF_DTYPES[t], default_value=_MISSING[t]) for k, t in extra.items()})
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(TRANSFORM_BATCH_ROWS)
     if max_rows is not None:
         dataset = dataset.unbatch().take(max_rows).batch(TRANSFORM_BATCH_ROWS)
-    parts = {k: [] for k in columns}
+    parts = {k: [] for k in spec}
     for batch in dataset.map(lambda records: tf.io.parse_example(records, spec)):
         for key, values in batch.items():
             parts[key].append(values.numpy())
     data = {k: np.concatenate(v) for k, v in parts.items()}
-    for key, kind in columns.items():
-        if kind == "bytes":
+    for key, kind in extra.items():
+        if np.all(data[key] == _MISSING[kind]):
+            del data[key]
+    for key, kind in {**columns, **extra}.items():
+        if kind == "bytes" and key in data:
             data[key] = data[key].astype(str)
     return pd.DataFrame(data)
 

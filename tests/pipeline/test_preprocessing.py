@@ -78,3 +78,25 @@ def test_serving_inputs_without_label_transform_features_only(transformed):
 def test_feature_config_round_trips_through_custom_config():
     assert feature_config_from_custom_config({"feature_config": CONFIG.to_dict()}) == CONFIG
     assert feature_config_from_custom_config(None).num_domains == 5
+
+
+def test_tfrecord_logs_keep_impression_keys_for_ground_truth_joins(tmp_path):
+    frame = pd.DataFrame(dict(
+        user_id=["u1", "u2"], item_id=["a", "b"], price=[1.0, 2.0], domain_id=[0, 2], click=[1, 0],
+        request_id=["r7", "r8"], position=[0, 3]))
+    (tmp_path / "logs").mkdir()
+    with tf.io.TFRecordWriter(str(tmp_path / "logs" / "part-00000.tfrecord.gz"), "GZIP") as writer:
+        for row in frame.itertuples(index=False):
+            feature = {}
+            for key, value in row._asdict().items():
+                if isinstance(value, str):
+                    feature[key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
+                elif isinstance(value, float):
+                    feature[key] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
+                else:
+                    feature[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    read = transform_local.read_logs(str(tmp_path), transform_local.raw_input_columns(CONFIG))
+    assert list(read["request_id"]) == ["r7", "r8"]
+    assert list(read["position"]) == [0, 3]
+    assert list(read["user_id"]) == ["u1", "u2"]
