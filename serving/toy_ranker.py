@@ -23,7 +23,30 @@ def feature_spec(feature_config: FeatureConfig) -> dict:
     return spec
 
 
-class ToyRanker(tf.Module):
+class ExampleScoringModule(tf.Module):
+    """A tf.Module serving the production signatures; subclasses define ``_probability``."""
+
+    def _probability(self, serialized):
+        raise NotImplementedError
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve(self, examples):
+        return {"outputs": self._probability(examples)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def regress(self, inputs):
+        return {"outputs": self._probability(inputs)}
+
+    def save(self, export_dir: str) -> str:
+        """Writes the SavedModel with ``serving_default`` and ``regress``; returns ``export_dir``."""
+        tf.saved_model.save(self, export_dir, signatures={
+            "serving_default": self.serve.get_concrete_function(),
+            "regress": self.regress.get_concrete_function(),
+        })
+        return export_dir
+
+
+class ToyRanker(ExampleScoringModule):
     def __init__(self, feature_config: FeatureConfig, seed: int):
         super().__init__()
         rng = np.random.default_rng(seed)
@@ -51,20 +74,6 @@ class ToyRanker(tf.Module):
             logit += self.numeric_weights[index] * tf.math.log1p(tf.maximum(features[key], 0.0))
         return tf.sigmoid(logit)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def serve(self, examples):
-        return {"outputs": self._probability(examples)}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-    def regress(self, inputs):
-        return {"outputs": self._probability(inputs)}
-
-
 def save_toy_ranker(export_dir: str, seed: int, feature_config: FeatureConfig = WORLD_FEATURES) -> str:
     """Writes a SavedModel to ``export_dir`` (e.g. ``<base>/<version>``) and returns the path."""
-    module = ToyRanker(feature_config, seed)
-    tf.saved_model.save(module, export_dir, signatures={
-        "serving_default": module.serve.get_concrete_function(),
-        "regress": module.regress.get_concrete_function(),
-    })
-    return export_dir
+    return ToyRanker(feature_config, seed).save(export_dir)

@@ -13,16 +13,10 @@ import numpy as np
 import tensorflow as tf
 
 from crocodile.model.features import DOMAIN_KEY, ITEM_KEY, USER_KEY, WORLD_FEATURES
+from crocodile.serving.toy_ranker import ExampleScoringModule, feature_spec
 
 
-def _feature_spec():
-    spec = {key: tf.io.FixedLenFeature([], tf.string) for key in WORLD_FEATURES.categorical}
-    spec.update({key: tf.io.FixedLenFeature([], tf.float32) for key in WORLD_FEATURES.numeric})
-    spec[DOMAIN_KEY] = tf.io.FixedLenFeature([], tf.int64)
-    return spec
-
-
-class WorldRanker(tf.Module):
+class WorldRanker(ExampleScoringModule):
     def __init__(self, world, noise: float, seed: int):
         super().__init__()
         rng = np.random.default_rng(seed)
@@ -44,7 +38,7 @@ class WorldRanker(tf.Module):
         self._scale = float(world.config.affinity_scale) / float(np.sqrt(world.config.latent_dim))
         self._users = self._table(world.user_features(np.arange(world.num_users))[USER_KEY])
         self._items = self._table(world.item_features(np.arange(world.num_items))[ITEM_KEY])
-        self._spec = _feature_spec()
+        self._spec = feature_spec(WORLD_FEATURES)
 
     @staticmethod
     def _table(ids):
@@ -66,20 +60,7 @@ class WorldRanker(tf.Module):
                  + tf.gather_nd(self._region_domain_bias, tf.stack([region, domain], axis=1)) + affinity)
         return tf.sigmoid(logit)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def serve(self, examples):
-        return {"outputs": self._probability(examples)}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-    def regress(self, inputs):
-        return {"outputs": self._probability(inputs)}
-
 
 def save_world_ranker(world, export_dir: str, noise: float = 0.0, seed: int = 0) -> str:
     """Writes the SavedModel to `export_dir` (e.g. `<base>/crocodile/<version>`); returns it."""
-    module = WorldRanker(world, noise, seed)
-    tf.saved_model.save(module, export_dir, signatures={
-        "serving_default": module.serve.get_concrete_function(),
-        "regress": module.regress.get_concrete_function(),
-    })
-    return export_dir
+    return WorldRanker(world, noise, seed).save(export_dir)
