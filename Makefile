@@ -28,8 +28,13 @@ demo: setup
 test: setup
 	$(PY) -m pytest tests
 
+BENCH_OUT ?= bench_out
+
+# Every benchmark prints JSON; the quality benchmark also writes its report under $(BENCH_OUT).
 bench: setup
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in data_generation training_speed serving_latency abtest_offline pipeline; do \
+	  echo "== benchmarks/$$b.py"; $(PY) benchmarks/$$b.py || exit 1; done
+	$(PY) benchmarks/quality.py --out $(BENCH_OUT)/quality
 
 clean-venv:
 	rm -rf $(VENV)
