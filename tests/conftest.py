@@ -7,3 +7,22 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def _generate_world_logs(out: str, impressions: int, users: int, items: int) -> str:
+    """Writes a small world's logs with the real `crocodile data generate` command."""
+    subprocess.run([sys.executable, "-m", "crocodile", "data", "generate", "--out", out,
+                    "--impressions", str(impressions), "--users", str(users), "--items", str(items),
+                    "--quiet"], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def generate_world_logs():
+    """`generate_world_logs(out, impressions, users, items) -> out` for data-hungry fixtures."""
+    return _generate_world_logs

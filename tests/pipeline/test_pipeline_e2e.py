@@ -11,8 +11,6 @@ import hashlib
 import io
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -75,12 +73,9 @@ def file_states(folder):
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
+def first_run(tmp_path_factory, generate_world_logs):
     base = tmp_path_factory.mktemp("pipeline")
-    data = str(base / "data")
-    subprocess.run([sys.executable, "-m", "crocodile", "data", "generate", "--out", data,
-                    "--impressions", "20000", "--users", "400", "--items", "150", "--quiet"],
-                   check=True, capture_output=True)
+    data = generate_world_logs(str(base / "data"), impressions=20000, users=400, items=150)
     paths = {"data": data, "root": str(base / "root"), "serving": str(base / "serving")}
     code, output = run_cli(["pipeline", "run", "--data", data, "--model", "crocodile",
                             "--pipeline-root", paths["root"], "--serving-dir", paths["serving"],

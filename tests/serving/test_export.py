@@ -4,8 +4,6 @@ One small model is trained for a few steps (so its optimizer slots, metrics and 
 covariance-loss path all exist) and exported once per module.
 """
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -31,12 +29,9 @@ TRAINING_NAME_PARTS = ("optimizer", "adam", "iteration", "auc", "bce", "tracker"
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, generate_world_logs):
     base = tmp_path_factory.mktemp("export")
-    data_dir = str(base / "data")
-    subprocess.run([sys.executable, "-m", "crocodile", "data", "generate", "--out", data_dir,
-                    "--impressions", "3000", "--users", "150", "--items", "60", "--quiet"],
-                   check=True, capture_output=True)
+    data_dir = generate_world_logs(str(base / "data"), impressions=3000, users=150, items=60)
     config = FeatureConfig.load(os.path.join(data_dir, "feature_config.json"))
     result = transform_local.analyze_and_transform(data_dir, str(base / "tft"), config)
     model = registry.build_model("crocodile", config, vocab_sizes(result.tft_output, config), SMALL_HPARAMS)
