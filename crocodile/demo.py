@@ -55,10 +55,14 @@ def _step(title: str) -> None:
     print(f"\n=== {title}", flush=True)
 
 
+def _command(args, note: str = "") -> list:
+    """The child-process command for `crocodile ARGS`, echoed as a user would type it."""
+    print("$ crocodile " + " ".join(map(str, args)) + note, flush=True)
+    return [sys.executable, "-m", "crocodile", *map(str, args)]
+
+
 def _crocodile(*args: str) -> None:
-    command = [sys.executable, "-m", "crocodile", *map(str, args)]
-    print("$ crocodile " + " ".join(map(str, args)), flush=True)
-    subprocess.run(command, check=True)
+    subprocess.run(_command(args), check=True)
 
 
 def _pushed_versions(serving_dir: str):
@@ -68,9 +72,7 @@ def _pushed_versions(serving_dir: str):
 
 def _start(args, log_path):
     log = open(log_path, "w")
-    command = [sys.executable, "-m", "crocodile", *map(str, args)]
-    print("$ crocodile " + " ".join(map(str, args)) + f"  (log: {log_path})", flush=True)
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(_command(args, f"  (log: {log_path})"), stdout=log, stderr=subprocess.STDOUT)
 
 
 def _wait_ready(target: str, process) -> None:
@@ -135,13 +137,13 @@ def run(args) -> int:
                         "(pass another --out or remove it)")
     paths = {name: os.path.join(out, name) for name in
              ("data", "pipeline_root", "serving", "requests", "abtest_live", "abtest_offline", "logs")}
-    for path in paths.values():
-        os.makedirs(path, exist_ok=True)
+    for name, path in paths.items():
+        if name != "data":  # `data generate` creates its own, new folder
+            os.makedirs(path, exist_ok=True)
     started = time.time()
 
     _step(f"1/5 world logs: {args.impressions:,} impressions")
     data = paths["data"]
-    os.rmdir(data)  # `data generate` wants a new folder
     _crocodile("data", "generate", "--out", data, "--impressions", args.impressions,
                "--users", args.users, "--seed", DEMO_SEED)
     _crocodile("data", "describe", data)
