@@ -9,6 +9,8 @@ import dataclasses
 import numpy as np
 from scipy import stats as sps
 
+from crocodile.model.multiple_testing import benjamini_hochberg, holm  # noqa: F401 (re-exported)
+
 ALPHA = 0.05
 POWER = 0.80
 SRM_ALARM_P = 0.001
@@ -179,27 +181,3 @@ def srm_pvalue(n_canary: float, n_stable: float, canary_share: float) -> float:
     expected = np.array([canary_share, 1 - canary_share]) * total
     statistic = float(np.sum((np.array([n_canary, n_stable]) - expected) ** 2 / expected))
     return float(sps.chi2.sf(statistic, 1))
-
-
-def _ascending(p_values):
-    """(p, NaN-filled output, indices of the non-NaN p-values in ascending order)."""
-    p = np.asarray(p_values, np.float64)
-    valid = np.flatnonzero(~np.isnan(p))
-    return p, np.full(p.shape, np.nan), valid[np.argsort(p[valid])]
-
-
-def holm(p_values) -> np.ndarray:
-    """Holm step-down adjusted p-values (family-wise error control). NaNs are left out."""
-    p, out, order = _ascending(p_values)
-    m = order.size
-    out[order] = np.minimum(np.maximum.accumulate((m - np.arange(m)) * p[order]), 1.0)
-    return out
-
-
-def benjamini_hochberg(p_values) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (false-discovery rate). NaNs are left out."""
-    p, out, order = _ascending(p_values)
-    m = order.size
-    scaled = p[order] * m / np.arange(1, m + 1)
-    out[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
-    return out

@@ -1,0 +1,204 @@
+"""Paired comparison of ranking models on the same eval rows, and the blessing rule.
+
+One statistic serves the offline quality benchmark, ``crocodile model compare`` and the
+pipeline's blessing gate, so a "significantly worse" domain means the same in all three.
+
+AUC difference on the same rows: DeLong, DeLong & Clarke-Pearson (1988), in the fast
+mid-rank form of Sun & Xu (2014), generalised to clustered rows as in Obuchowski (1997).
+Impressions of one user are not independent (the same user's taste shows in all of
+them), so the variance is computed from per-user sums of the DeLong placement values;
+with one row per cluster it reduces exactly to DeLong. The estimate is any linear
+contrast of the AUCs of several score vectors on the same rows, which also gives the
+mean difference over training seeds (every seed scores the same eval rows).
+
+Blessing: a candidate is refused when, against the baseline, a domain's AUC is
+significantly lower by more than ``domain_tolerance`` (one-sided, Holm across the gated
+domains), or the overall AUC is significantly lower by more than ``overall_tolerance``.
+Domains with fewer than ``min_clicks`` clicks (or no non-clicks) are reported as
+"insufficient evidence" and not tested.
+"""
+import dataclasses
+import math
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+from crocodile.model.multiple_testing import holm
+
+INSUFFICIENT = "insufficient evidence"
+
+
+def _midranks(values: np.ndarray) -> np.ndarray:
+    """Average 1-based ranks along the last axis (ties share their mean rank)."""
+    return sps.rankdata(values, method="average", axis=-1)
+
+
+def _cluster_codes(clusters, n: int) -> np.ndarray:
+    if clusters is None:
+        return np.arange(n)
+    clusters = np.asarray(clusters)
+    if clusters.shape != (n,):
+        raise ValueError(f"clusters has shape {clusters.shape}, expected ({n},)")
+    return np.unique(clusters, return_inverse=True)[1]
+
+
+@dataclasses.dataclass
+class AucContrast:
+    """``estimate`` = sum_r weights[r] * AUC_r, with its standard error over eval rows."""
+    aucs: np.ndarray
+    estimate: float
+    se: float
+    positives: int
+    negatives: int
+    clusters: int
+
+
+def auc_contrast(labels, scores, weights, clusters=None) -> AucContrast:
+    """A linear contrast of the AUCs of ``scores`` (k, N) on the same N rows.
+
+    The standard error is the clustered DeLong one (see the module docstring); it is NaN
+    when there are no positives or no negatives.
+    """
+    labels = np.asarray(labels).ravel().astype(np.int64)
+    scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    weights = np.asarray(weights, dtype=np.float64).ravel()
+    k, n = scores.shape
+    if labels.size != n:
+        raise ValueError(f"labels ({labels.size}) and scores ({n}) differ in length")
+    if weights.size != k:
+        raise ValueError(f"{weights.size} weights for {k} score vectors")
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    pos, neg = labels == 1, labels == 0
+    m, q = int(pos.sum()), int(neg.sum())
+    codes = _cluster_codes(clusters, n)
+    if m == 0 or q == 0:
+        return AucContrast(np.full(k, np.nan), math.nan, math.nan, m, q, int(codes.max(initial=-1) + 1))
+    ranks_all = _midranks(scores)
+    ranks_pos = _midranks(scores[:, pos])
+    ranks_neg = _midranks(scores[:, neg])
+    # Placement values: share of negatives below each positive, of positives above each negative.
+    v10 = (ranks_all[:, pos] - ranks_pos) / q            # (k, m)
+    v01 = 1.0 - (ranks_all[:, neg] - ranks_neg) / m      # (k, q)
+    aucs = v10.mean(axis=1)
+    # Contrast of the centred placements, summed per cluster.
+    a = weights @ (v10 - aucs[:, None])                  # (m,)
+    b = weights @ (v01 - aucs[:, None])                  # (q,)
+    num_clusters = int(codes.max() + 1)
+    a_k = np.bincount(codes[pos], weights=a, minlength=num_clusters)
+    b_k = np.bincount(codes[neg], weights=b, minlength=num_clusters)
+    has_pos = np.bincount(codes[pos], minlength=num_clusters) > 0
+    has_neg = np.bincount(codes[neg], minlength=num_clusters) > 0
+
+    def inflate(count):  # unbiased-variance factor I / (I - 1); one cluster has no spread
+        return count / (count - 1) if count > 1 else math.nan
+
+    variance = (inflate(int(has_pos.sum())) * np.sum(a_k ** 2) / m ** 2
+                + inflate(int(has_neg.sum())) * np.sum(b_k ** 2) / q ** 2
+                + 2.0 * inflate(num_clusters) * np.sum(a_k * b_k) / (m * q))
+    return AucContrast(aucs, float(weights @ aucs), float(math.sqrt(max(variance, 0.0))), m, q, num_clusters)
+
+
+@dataclasses.dataclass
+class PairedAuc:
+    """AUC of candidate and baseline on the same rows, their difference and its interval."""
+    baseline_auc: float
+    candidate_auc: float
+    diff: float
+    se: float
+    ci_low: float
+    ci_high: float
+    p_two_sided: float
+    clicks: int
+    rows: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def paired_auc(labels, baseline, candidate, clusters=None, alpha: float = 0.05) -> PairedAuc:
+    """candidate - baseline AUC on the same rows, clustered-DeLong interval and p-value."""
+    result = auc_contrast(labels, np.vstack([np.ravel(baseline), np.ravel(candidate)]), [-1.0, 1.0], clusters)
+    z = sps.norm.ppf(1 - alpha / 2)
+    if result.se > 0:
+        p = float(2 * sps.norm.sf(abs(result.estimate) / result.se))
+    elif math.isnan(result.estimate):
+        p = math.nan
+    else:  # no sampling spread: identical scores (p = 1) or a deterministic difference
+        p = 1.0 if result.estimate == 0 else 0.0
+    return PairedAuc(float(result.aucs[0]), float(result.aucs[1]), result.estimate, result.se,
+                     result.estimate - z * result.se, result.estimate + z * result.se, p,
+                     result.positives, result.positives + result.negatives)
+
+
+def p_worse_than(diff: float, se: float, tolerance: float) -> float:
+    """One-sided p-value of H0: diff >= -tolerance (small = significantly worse by more)."""
+    if math.isnan(diff) or math.isnan(se):
+        return math.nan
+    if se == 0:
+        return 0.0 if diff < -tolerance else 1.0
+    return float(sps.norm.cdf((diff + tolerance) / se))
+
+
+@dataclasses.dataclass(frozen=True)
+class BlessingRule:
+    """Thresholds of the noise-aware gate. Defaults live in crocodile.pipeline.configs."""
+    domain_tolerance: float = 0.01
+    overall_tolerance: float = 0.002
+    alpha: float = 0.05
+    min_clicks: int = 30
+
+
+def blessing_decision(labels, baseline, candidate, domains, clusters=None,
+                      rule: BlessingRule = BlessingRule(),
+                      domain_ids: Optional[Sequence[int]] = None) -> Dict:
+    """The gate's decision with every number behind it (JSON-ready).
+
+    ``domain_ids`` lists the domains expected (those absent from the rows are reported
+    as insufficient evidence); by default the domains present.
+    """
+    labels = np.asarray(labels).ravel().astype(np.int64)
+    baseline, candidate = np.ravel(baseline), np.ravel(candidate)
+    domains = np.asarray(domains).ravel().astype(np.int64)
+    clusters = None if clusters is None else np.asarray(clusters).ravel()
+    wanted = sorted(set(int(d) for d in (domain_ids if domain_ids is not None else np.unique(domains))))
+
+    overall = paired_auc(labels, baseline, candidate, clusters, rule.alpha)
+    overall_p = p_worse_than(overall.diff, overall.se, rule.overall_tolerance)
+    per_domain: Dict[int, Dict] = {}
+    tested: List[int] = []
+    for d in wanted:
+        rows = domains == d
+        clicks, non_clicks = int(labels[rows].sum()), int(rows.sum() - labels[rows].sum())
+        if clicks < rule.min_clicks or non_clicks == 0:
+            per_domain[d] = {"status": INSUFFICIENT, "clicks": clicks, "rows": int(rows.sum()),
+                             "reason": f"{clicks} clicks < {rule.min_clicks} needed" if clicks < rule.min_clicks
+                             else "no non-clicks"}
+            continue
+        result = paired_auc(labels[rows], baseline[rows], candidate[rows],
+                            None if clusters is None else clusters[rows], rule.alpha)
+        per_domain[d] = {**result.to_dict(), "p_worse": p_worse_than(result.diff, result.se, rule.domain_tolerance)}
+        tested.append(d)
+    adjusted = holm([per_domain[d]["p_worse"] for d in tested]) if tested else []
+    reasons = []
+    for d, p_holm in zip(tested, adjusted):
+        worse = bool(p_holm < rule.alpha)
+        per_domain[d].update(p_worse_holm=float(p_holm), status="significantly worse" if worse else "ok")
+        if worse:
+            r = per_domain[d]
+            reasons.append(f"domain {d}: AUC {r['diff']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] is "
+                           f"significantly below -{rule.domain_tolerance} (Holm p = {p_holm:.3g})")
+    overall_worse = not math.isnan(overall_p) and overall_p < rule.alpha
+    if overall_worse:
+        reasons.append(f"overall: AUC {overall.diff:+.4f} [{overall.ci_low:+.4f}, {overall.ci_high:+.4f}] is "
+                       f"significantly below -{rule.overall_tolerance} (p = {overall_p:.3g})")
+    return {
+        "blessed": not reasons,
+        "reasons": reasons,
+        "rule": dataclasses.asdict(rule),
+        "overall": {**overall.to_dict(), "p_worse": overall_p,
+                    "status": "significantly worse" if overall_worse else "ok"},
+        "domains": {str(d): per_domain[d] for d in wanted},
+        "insufficient_evidence": [d for d in wanted if per_domain[d]["status"] == INSUFFICIENT],
+    }
