@@ -2,7 +2,8 @@
 
 The top-level folders are mapped into one import namespace, ``crocodile``:
 ``model/`` -> ``crocodile.model``, ``pipeline/`` -> ``crocodile.pipeline``,
-``serving/`` -> ``crocodile.serving``, ``simulation/`` -> ``crocodile.simulation``.
+``serving/`` -> ``crocodile.serving``, ``simulation/`` -> ``crocodile.simulation``,
+``benchmarks/`` -> ``crocodile.benchmarks`` (the experiment drivers).
 Nothing installs a top-level module called ``model`` or ``pipeline``.
 """
 import setuptools
@@ -44,6 +45,7 @@ SUBPACKAGES = {
     "crocodile.pipeline": "pipeline",
     "crocodile.serving": "serving",
     "crocodile.simulation": "simulation",
+    "crocodile.benchmarks": "benchmarks",
 }
 
 setuptools.setup(

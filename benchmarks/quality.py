@@ -8,7 +8,7 @@ import sys
 
 import crocodile  # noqa: F401  (sets TF_USE_LEGACY_KERAS)
 from crocodile.errors import UserError
-from crocodile.model.cli import add_quality_arguments, run_quality
+from crocodile.benchmarks.cli import add_quality_arguments, run_quality
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

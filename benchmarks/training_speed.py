@@ -4,7 +4,7 @@ import argparse
 import sys
 
 import crocodile  # noqa: F401  (sets TF_USE_LEGACY_KERAS)
-from crocodile.model.cli import add_speed_arguments, run_speed
+from crocodile.benchmarks.cli import add_speed_arguments, run_speed
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

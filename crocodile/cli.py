@@ -15,7 +15,7 @@ from crocodile.errors import UserError
 AREA_CLI_MODULES = (
     "crocodile.simulation.cli",   # data generate|describe|convert
     "crocodile.simulation.abtest_cli",  # abtest live|offline
-    "crocodile.model.cli",        # benchmark quality|speed
+    "crocodile.benchmarks.cli",        # benchmark quality|speed
     "crocodile.pipeline.cli",     # pipeline run|compile
     "crocodile.serving.cli",      # model-server, router, score, rollout
     "crocodile.demo",             # demo

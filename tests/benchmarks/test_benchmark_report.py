@@ -4,7 +4,7 @@ import math
 import pytest
 
 from crocodile.cli import main
-from crocodile.model.benchmark_report import markdown, mean_and_interval, summarise
+from crocodile.benchmarks.benchmark_report import markdown, mean_and_interval, summarise
 
 
 def _run(model, seed, auc, gauc=0.6):

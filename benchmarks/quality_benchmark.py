@@ -97,7 +97,7 @@ def train_one(name: str, seed: int, data, feature_config, vocab_sizes, hparams: 
 def run(data_dir: str, models: Sequence[str], seeds: int, out_dir: str, max_rows: Optional[int] = None,
         epochs: Optional[int] = None, hparams: Optional[dict] = None) -> dict:
     """Runs the benchmark and writes quality.json, quality.md and PNG plots under out_dir."""
-    from crocodile.model.benchmark_report import summarise, write_report
+    from crocodile.benchmarks.benchmark_report import summarise, write_report
     from crocodile.model.features import FeatureConfig
     from crocodile.model.hparams import HParams
     from crocodile.model.registry import MODEL_NAMES

@@ -81,7 +81,7 @@ def _log_progress() -> None:
 
 def run_quality(args) -> int:
     from crocodile.errors import UserError
-    from crocodile.model.quality_benchmark import run
+    from crocodile.benchmarks.quality_benchmark import run
     _log_progress()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
@@ -96,7 +96,7 @@ def run_quality(args) -> int:
 
 
 def run_speed(args) -> int:
-    from crocodile.model.speed_benchmark import run
+    from crocodile.benchmarks.speed_benchmark import run
     result = run(batch_size=args.batch_size, steps=args.steps, repeats=args.repeats, hparams=_hparams(args.hparams))
     text = json.dumps(result, indent=1)
     print(text)
