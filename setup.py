@@ -58,5 +58,5 @@ setuptools.setup(
     package_data={"crocodile.serving": ["config/*"]},
     install_requires=PINNED_STACK + RUNTIME,
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.2"]},
-    entry_points={"console_scripts": ["crocodile=crocodile.cli:main"]},
+    entry_points={"console_scripts": ["crocodile=crocodile.cli:run"]},
 )

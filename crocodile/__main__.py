@@ -1,5 +1,3 @@
-import sys
+from crocodile.cli import run
 
-from crocodile.cli import main
-
-sys.exit(main())
+run()

@@ -7,6 +7,9 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Library logs of the `crocodile` commands the tests start go to a throw-away folder.
+os.environ.setdefault("CROCODILE_LOG_DIR", os.path.join(__import__("tempfile").gettempdir(),
+                                                        "crocodile-test-logs"))
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
