@@ -1,18 +1,21 @@
 """Benchmark: wall time of each TFX component and Transform throughput on generated logs.
 
-Generates world logs (`crocodile data generate`, default 1,000,000 impressions), runs the
-whole pipeline once with LocalDagRunner on the Beam DirectRunner (multi-processing, the
-CLI default), and reads each component's wall time back from ML Metadata (execution
-registration to publication). Transform throughput is the logged rows over Transform's
-wall time (it analyses the train split and transforms both splits, so every row passes
-through it once for transformation).
+Generates world logs (`crocodile data generate`, default 1,000,000 impressions, sharded
+gzipped TFRecord as `make demo` writes them; `--format csv --shards 1` for the old
+layout), runs the whole pipeline once with LocalDagRunner on the Beam DirectRunner with
+the CLI's defaults (sized to the machine and the rows), and reads each component's wall
+time back from ML Metadata (execution registration to publication). The trainer's budget
+is the CLI default (epochs over the training split, early stopping) unless
+`--train-steps` is given. Transform throughput is the logged rows over Transform's
+wall time (it analyses the train split only; the Trainer applies the transform graph).
 
 One run per size: a pipeline at this size takes many minutes, and the numbers are for
 capacity planning, not an A/B comparison. Two shared cores are noisy (DESIGN section 9).
 
-    python benchmarks/pipeline.py [--impressions N] [--work-dir DIR] [--train-steps N]
+    python benchmarks/pipeline.py [--impressions N] [--work-dir DIR] [--format F] [--shards N] [--train-steps N]
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -41,12 +44,27 @@ def component_seconds(pipeline_root: str) -> dict:
     return result
 
 
+def _run_info(pipeline_root: str) -> dict:
+    """Epochs and steps the Trainer ran (its run_info.json), or {} when absent."""
+    import glob
+
+    paths = glob.glob(os.path.join(pipeline_root, "Trainer", "model_run", "*", "run_info.json"))
+    if not paths:
+        return {}
+    with open(paths[0]) as f:
+        info = json.load(f)
+    return {k: info.get(k) for k in ("epochs", "epochs_run", "steps_per_epoch", "batch_size", "train_rows")}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--impressions", type=int, default=1_000_000)
     parser.add_argument("--work-dir", default="/tmp/crocodile_pipeline_benchmark")
     parser.add_argument("--model", default="crocodile")
-    parser.add_argument("--train-steps", type=int, default=300)
+    parser.add_argument("--format", choices=("csv", "tfrecord"), default="tfrecord", help="log format")
+    parser.add_argument("--shards", type=int, default=4, help="log files")
+    parser.add_argument("--train-steps", type=int, default=None,
+                        help="optimiser steps (default: epochs over the training split, early stopping)")
     parser.add_argument("--beam-arg", action="append", default=[])
     args = parser.parse_args(argv)
 
@@ -60,26 +78,30 @@ def main(argv=None) -> int:
     started = time.time()
     if not os.path.exists(os.path.join(data, "logs")):
         subprocess.run([sys.executable, "-m", "crocodile", "data", "generate", "--out", data,
-                        "--impressions", str(args.impressions), "--quiet"], check=True)
+                        "--impressions", str(args.impressions), "--format", args.format,
+                        "--shards", str(args.shards), "--quiet"], check=True)
     generate_s = time.time() - started
     root = os.path.join(work, f"root-{int(time.time())}")
     feature_config = FeatureConfig.load(os.path.join(data, "feature_config.json"))
     pipeline = create_pipeline(
         pipeline_root=root, input_base=data_source.logs_dir(data), input_format=data_source.detect_format(data),
         serving_dir=os.path.join(work, "serving"), feature_config=feature_config, model_name=args.model,
-        hparams=SMALL_HPARAMS, train_steps=args.train_steps, eval_steps=20,
+        hparams=SMALL_HPARAMS, train_steps=args.train_steps, eval_steps=20 if args.train_steps else None,
         threshold_domains=evaluation.domains_with_enough_rows(data_source.count_domains(data)),
-        beam_pipeline_args=beam_args(args.beam_arg),
+        beam_pipeline_args=beam_args(args.beam_arg, args.impressions),
         metadata_connection_config=runners.metadata_connection_config(root), enable_cache=False)
     started = time.time()
-    outcome = runners.run_local(pipeline, printer=lambda line: print(line, file=sys.stderr, flush=True))
+    with contextlib.redirect_stdout(sys.stderr):  # progress (the trainer's epochs too) off the JSON
+        outcome = runners.run_local(pipeline, printer=lambda line: print(line, file=sys.stderr, flush=True))
     total_s = time.time() - started
     seconds = component_seconds(root)
     print(json.dumps({
         "benchmark": "pipeline",
         "impressions": args.impressions,
         "model": args.model, "hparams": SMALL_HPARAMS, "train_steps": args.train_steps,
-        "beam_pipeline_args": beam_args(args.beam_arg),
+        "beam_pipeline_args": beam_args(args.beam_arg, args.impressions),
+        "log_format": data_source.detect_format(data), "log_files": len(data_source.log_files(data)),
+        "trainer_run_info": _run_info(root),
         "data_generation_s": round(generate_s, 1),
         "pipeline_wall_s": round(total_s, 1),
         "component_wall_s": seconds,

@@ -1,17 +1,28 @@
-"""`crocodile demo`: the main job end to end on embedded defaults.
+"""`crocodile demo`: the main job end to end on embedded defaults, in about 15 minutes on 2 cores.
 
 Every step is the same `crocodile` command a user would type, run as a child process,
 so the demo exercises the real entry points:
 
-1. generate world logs;
-2. run the TFX pipeline with `mmoe` (first push = `stable`), then with `crocodile`
-   (evaluated against it, pushed only if blessed = `canary`);
-3. start the embedded model server and the canary router on the pushed versions and
+1. generate world logs (the `demo` world preset, sharded TFRecord);
+2. run the TFX pipeline with `mmoe` (first push = `stable`);
+3. run it with `crocodile` (evaluated against it, pushed only if blessed = `canary`);
+4. start the embedded model server and the canary router on the pushed versions and
    score one request per domain with `crocodile score`;
-4. a live A/B through the router (a few thousand requests), then shut both down;
-5. an offline A/B sized to detect a 1% CTR lift, with the report.
+5. a live A/B through the router (a few thousand requests; only blessed versions are
+   routed), then shut both down;
+6. an offline A/B of the trained candidate against stable, whether or not the pipeline
+   blessed it, so the report shows the simulated truth next to the pipeline's decision.
+
+Each child prints its own progress; library noise of all of them goes to
+OUT/logs/library.log (crocodile.console; `--verbose` shows it). The demo ends with a
+summary: what was pushed and why, the blessing per domain, the A/B verdict, the paths
+of the reports and plots, and the wall time of each step (also in OUT/demo_summary.json).
+
+`--full` keeps the offline A/B sized for a 1% CTR minimum detectable effect (20M
+impressions plus a 10M pre-period for CUPED; about 20 more minutes).
 """
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -20,39 +31,71 @@ import time
 
 # Embedded defaults (sized for a 2-core machine).
 DEMO_SEED = 7
-DEMO_IMPRESSIONS = 300_000
-DEMO_TRAIN_STEPS = 600
+DEMO_PRESET = "demo"
+LOG_FORMAT = "tfrecord"  # ExampleGen imports serialized examples: no CSV parsing
+LOG_SHARDS = 4
 STABLE_MODEL = "mmoe"
 CANARY_MODEL = "crocodile"
 MODEL_NAME = "crocodile"
 MODEL_SERVER_PORT = 8500
 ROUTER_PORT = 8600
 ROUTER_METRICS_PORT = 8601
-DEMO_USERS = 200_000
 LIVE_AB_USERS = 3_000
-# Sized for a 1% CTR lift (alpha 0.05, power 0.8): with user-level randomisation the
-# minimum detectable effect shrinks with users as well as impressions. At ~4.5% CTR,
-# 20k users x 2M impressions gave +-3.0% with CUPED, so 1% needs ~10x both, with a
-# pre-period for CUPED. The report prints the MDE the run actually reached.
-OFFLINE_AB_IMPRESSIONS = 20_000_000
-OFFLINE_AB_PRE_PERIOD_IMPRESSIONS = 10_000_000
+# Default offline A/B: a few minutes, enough to see a lift of a few percent. --full: sized
+# for a 1% CTR lift (alpha 0.05, power 0.8): with user-level randomisation the minimum
+# detectable effect shrinks with users as well as impressions; at ~4.5% CTR, 20k users x
+# 2M impressions gave +-3.0% with CUPED, so 1% needs ~10x both, with a pre-period for
+# CUPED. The report prints the MDE the run actually reached.
+OFFLINE_AB_IMPRESSIONS = 3_000_000
+OFFLINE_AB_PRE_PERIOD_IMPRESSIONS = 1_500_000
+FULL_OFFLINE_AB_IMPRESSIONS = 20_000_000
+FULL_OFFLINE_AB_PRE_PERIOD_IMPRESSIONS = 10_000_000
 AB_POLICY_FILE = "even_split_policy.yaml"
 SERVER_START_TIMEOUT_S = 180
+LIBRARY_LOG = "library.log"
+SUMMARY_FILE = "demo_summary.json"
+STEPS = 6
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="run the main job end to end on embedded defaults")
     parser.add_argument("--out", default="demo_out", help="folder for every output of the demo")
-    parser.add_argument("--impressions", type=int, default=DEMO_IMPRESSIONS, help="world log size")
-    parser.add_argument("--users", type=int, default=DEMO_USERS, help="users in the world")
-    parser.add_argument("--offline-impressions", type=int, default=OFFLINE_AB_IMPRESSIONS)
-    parser.add_argument("--pre-period-impressions", type=int, default=OFFLINE_AB_PRE_PERIOD_IMPRESSIONS,
-                        help="pre-period traffic for CUPED in the offline A/B (0 turns CUPED off)")
+    parser.add_argument("--preset", default=DEMO_PRESET, help="world preset of `data generate`")
+    parser.add_argument("--impressions", type=int, default=None,
+                        help="world log size (default: the preset's)")
+    parser.add_argument("--users", type=int, default=None, help="users in the world (default: the preset's)")
+    parser.add_argument("--full", action="store_true",
+                        help=f"offline A/B sized for a 1%% CTR lift ({FULL_OFFLINE_AB_IMPRESSIONS:,} impressions "
+                             f"+ {FULL_OFFLINE_AB_PRE_PERIOD_IMPRESSIONS:,} pre-period)")
+    parser.add_argument("--offline-impressions", type=int, default=None,
+                        help=f"offline A/B impressions (default {OFFLINE_AB_IMPRESSIONS:,}; "
+                             f"{FULL_OFFLINE_AB_IMPRESSIONS:,} with --full)")
+    parser.add_argument("--pre-period-impressions", type=int, default=None,
+                        help="pre-period traffic for CUPED in the offline A/B, 0 turns CUPED off "
+                             f"(default {OFFLINE_AB_PRE_PERIOD_IMPRESSIONS:,}; "
+                             f"{FULL_OFFLINE_AB_PRE_PERIOD_IMPRESSIONS:,} with --full)")
     parser.set_defaults(handler=run)
 
 
-def _step(title: str) -> None:
-    print(f"\n=== {title}", flush=True)
+class _Steps:
+    """Step headers with the demo's elapsed time; remembers each step's wall time."""
+
+    def __init__(self):
+        self.started = time.time()
+        self.seconds = {}
+        self._current = None
+
+    def start(self, number: int, title: str) -> None:
+        self.finish()
+        self._current = (f"{number}/{STEPS} {title}", time.time())
+        elapsed = time.time() - self.started
+        print(f"\n=== [{elapsed // 60:02.0f}:{elapsed % 60:02.0f}] step {number}/{STEPS}: {title}", flush=True)
+
+    def finish(self) -> None:
+        if self._current is not None:
+            name, began = self._current
+            self.seconds[name] = round(time.time() - began, 1)
+            self._current = None
 
 
 def _command(args, note: str = "") -> list:
@@ -62,7 +105,16 @@ def _command(args, note: str = "") -> list:
 
 
 def _crocodile(*args: str) -> None:
-    subprocess.run(_command(args), check=True)
+    subprocess.run(_command(args), check=True, stderr=_terminal_stderr())
+
+
+def _terminal_stderr():
+    """Children's stderr: the terminal (sys.stderr), not descriptor 2, which holds the library log."""
+    try:
+        sys.stderr.fileno()
+        return sys.stderr
+    except (AttributeError, OSError, ValueError):  # a captured stream (tests)
+        return None
 
 
 def _pushed_versions(serving_dir: str):
@@ -128,42 +180,109 @@ def _score_request_json(world, domain: int, out_dir: str, n_items: int = 5):
     return str(user[USER_KEY]), item_ids, path
 
 
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            value = json.load(f)
+        return value if isinstance(value, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _pipeline_run(model: str, flags: list, outcome_path: str) -> dict:
+    _crocodile("pipeline", "run", "--model", model, *flags, "--outcome-json", outcome_path)
+    return _read_json(outcome_path)
+
+
+def _blessing_lines(outcome: dict) -> list:
+    """The gate's per-domain decisions when the run records them, else TFMA's AUC lines and failed checks.
+
+    Read by key, whatever is present: ``domains`` or ``domain_decisions`` (a list of
+    objects, shown key=value), ``auc_by_slice`` and ``validation_failures`` (lists of
+    strings), ``reasons`` (a list of strings).
+    """
+    lines = []
+    for entry in outcome.get("domains") or outcome.get("domain_decisions") or []:
+        lines.append(", ".join(f"{k}={v}" for k, v in entry.items()) if isinstance(entry, dict) else str(entry))
+    if not lines:
+        lines += [str(line) for line in outcome.get("auc_by_slice") or []]
+    lines += [f"failed check: {line}" for line in outcome.get("validation_failures") or []]
+    lines += [f"reason: {line}" for line in outcome.get("reasons") or []]
+    return lines
+
+
+def _ab_lines(report: dict) -> list:
+    """Verdict and CTR lift of an A/B report.json, read by key (``verdict``, ``overall.metrics.ctr``,
+    ``oracle_overall_ctr_lift``); missing keys are left out."""
+    lines = []
+    if report.get("verdict") is not None:
+        lines.append(f"verdict: {report['verdict']}")
+    ctr = ((report.get("overall") or {}).get("metrics") or {}).get("ctr") or {}
+    if ctr.get("rel_lift") is not None:
+        interval = ctr.get("rel_ci") or [None, None]
+        text = f"CTR lift {ctr['rel_lift']:+.2%}"
+        if None not in interval:
+            text += f" [{interval[0]:+.2%}, {interval[1]:+.2%}]"
+        lines.append(text)
+    oracle = report.get("oracle_overall_ctr_lift")
+    if oracle is not None:
+        lines.append(f"true (oracle) CTR lift {oracle:+.2%}")
+    return lines
+
+
 def run(args) -> int:
+    from crocodile import console
     from crocodile.errors import UserError
 
     out = os.path.abspath(args.out)
     if os.path.isdir(out) and os.listdir(out):
         raise UserError(f"--out {out} is not empty; the demo never overwrites earlier results "
                         "(pass another --out or remove it)")
+    offline_impressions = args.offline_impressions or (
+        FULL_OFFLINE_AB_IMPRESSIONS if args.full else OFFLINE_AB_IMPRESSIONS)
+    pre_period = args.pre_period_impressions
+    if pre_period is None:
+        pre_period = FULL_OFFLINE_AB_PRE_PERIOD_IMPRESSIONS if args.full else OFFLINE_AB_PRE_PERIOD_IMPRESSIONS
     paths = {name: os.path.join(out, name) for name in
              ("data", "pipeline_root", "serving", "requests", "abtest_live", "abtest_offline", "logs")}
     for name, path in paths.items():
         if name != "data":  # `data generate` creates its own, new folder
             os.makedirs(path, exist_ok=True)
-    started = time.time()
+    library_log = console.move_log(os.path.join(paths["logs"], LIBRARY_LOG))
+    steps = _Steps()
 
-    _step(f"1/5 world logs: {args.impressions:,} impressions")
+    steps.start(1, f"world logs (preset {args.preset})")
     data = paths["data"]
-    _crocodile("data", "generate", "--out", data, "--impressions", args.impressions,
-               "--users", args.users, "--seed", DEMO_SEED)
+    generate = ["data", "generate", "--out", data, "--preset", args.preset, "--seed", DEMO_SEED,
+                "--format", LOG_FORMAT, "--shards", LOG_SHARDS]
+    if args.impressions:
+        generate += ["--impressions", args.impressions]
+    if args.users:
+        generate += ["--users", args.users]
+    _crocodile(*generate)
     _crocodile("data", "describe", data)
 
-    _step(f"2/5 TFX pipeline: {STABLE_MODEL} (stable), then {CANARY_MODEL} (canary if blessed)")
+    steps.start(2, f"TFX pipeline: {STABLE_MODEL} (the first push becomes stable)")
     pipeline_flags = ["--data", data, "--pipeline-root", paths["pipeline_root"],
-                      "--serving-dir", paths["serving"], "--train-steps", DEMO_TRAIN_STEPS]
-    _crocodile("pipeline", "run", "--model", STABLE_MODEL, *pipeline_flags)
+                      "--serving-dir", paths["serving"]]
+    stable_outcome = _pipeline_run(STABLE_MODEL, pipeline_flags, os.path.join(paths["logs"], "pipeline_stable.json"))
     versions = _pushed_versions(paths["serving"])
     if not versions:
         raise RuntimeError("the first pipeline run pushed no model")
     stable = versions[-1]
-    _crocodile("pipeline", "run", "--model", CANARY_MODEL, *pipeline_flags)
+
+    steps.start(3, f"TFX pipeline: {CANARY_MODEL} (canary if blessed against {STABLE_MODEL})")
+    candidate_outcome = _pipeline_run(CANARY_MODEL, pipeline_flags,
+                                      os.path.join(paths["logs"], "pipeline_candidate.json"))
     versions = _pushed_versions(paths["serving"])
     canary = versions[-1]
-    if canary == stable:
-        print(f"{CANARY_MODEL} was not blessed against {STABLE_MODEL}: nothing new to canary, "
-              "so both labels point at the stable version (the A/B below is an A/A test).")
+    blessed = canary != stable
+    if not blessed:
+        print(f"{CANARY_MODEL} was not blessed against {STABLE_MODEL}: the live canary routes only blessed "
+              "versions, so both labels point at the stable version; the offline A/B below still "
+              "simulates the candidate against stable.", flush=True)
 
-    _step(f"3/5 serving: model server + canary router (stable={stable}, canary={canary})")
+    steps.start(4, f"serving: model server + canary router (stable={stable}, canary={canary})")
     from crocodile.serving.model_config import write_model_config
     from crocodile.simulation.world import World
 
@@ -179,6 +298,7 @@ def run(args) -> int:
                      "--allow_version_labels_for_unavailable_models"],
                     os.path.join(paths["logs"], "model_server.log"))
     router = None
+    base = os.path.join(paths["serving"], MODEL_NAME)
     try:
         _wait_ready(f"localhost:{MODEL_SERVER_PORT}", server)
         router = _start(["router", "--port", ROUTER_PORT, "--backend", f"localhost:{MODEL_SERVER_PORT}",
@@ -192,8 +312,7 @@ def run(args) -> int:
             _crocodile("score", "--target", f"localhost:{ROUTER_PORT}", "--domain", domain, "--user", user,
                        "--items", ",".join(items), "--features", "@" + features)
 
-        _step(f"4/5 live A/B through the router: {LIVE_AB_USERS:,} requests")
-        base = os.path.join(paths["serving"], MODEL_NAME)
+        steps.start(5, f"live A/B through the router: {LIVE_AB_USERS:,} requests (blessed versions only)")
         _crocodile("abtest", "live", "--target", f"localhost:{ROUTER_PORT}", "--world", data,
                    "--users", LIVE_AB_USERS, "--policy", policy, "--report", paths["abtest_live"],
                    "--stable", os.path.join(base, str(stable)), "--canary", os.path.join(base, str(canary)))
@@ -203,18 +322,65 @@ def run(args) -> int:
                 _stop(process)
     print("model server and router stopped", flush=True)
 
-    _step(f"5/5 offline A/B: {args.offline_impressions:,} impressions")
-    base = os.path.join(paths["serving"], MODEL_NAME)
+    # The candidate as trained, pushed or not: the A/B's simulated truth can then be set
+    # beside the pipeline's decision.
+    candidate_dir = (os.path.join(base, str(canary)) if blessed
+                     else candidate_outcome.get("trained_model_dir"))
+    if not candidate_dir or not os.path.exists(os.path.join(candidate_dir, "saved_model.pb")):
+        raise RuntimeError(f"the {CANARY_MODEL} run recorded no trained SavedModel ({candidate_dir})")
+    steps.start(6, f"offline A/B: {CANARY_MODEL} (pipeline decision: {'blessed' if blessed else 'NOT blessed'}) "
+                   f"vs stable {STABLE_MODEL}, {offline_impressions:,} impressions")
     _crocodile("abtest", "offline", "--stable", os.path.join(base, str(stable)),
-               "--canary", os.path.join(base, str(canary)), "--policy", policy, "--world", data,
-               "--impressions", args.offline_impressions, "--cuped-impressions", args.pre_period_impressions,
+               "--canary", candidate_dir, "--policy", policy, "--world", data,
+               "--impressions", offline_impressions, "--cuped-impressions", pre_period,
                "--report", paths["abtest_offline"])
+    steps.finish()
 
-    print(f"\nDemo finished in {(time.time() - started) / 60:.1f} min. Outputs under {out}:")
-    print(f"  logs and world:       {data}")
-    print(f"  pipeline artifacts:   {paths['pipeline_root']} (ML Metadata: metadata.sqlite)")
-    print(f"  pushed SavedModels:   {base} (stable={stable}, canary={canary})")
-    print(f"  serving logs:         {paths['logs']}")
-    print(f"  live A/B report:      {os.path.join(paths['abtest_live'], 'report.md')}")
-    print(f"  offline A/B report:   {os.path.join(paths['abtest_offline'], 'report.md')}")
+    summary = {
+        "stable": {"model": STABLE_MODEL, "version": stable, "outcome": stable_outcome},
+        "candidate": {"model": CANARY_MODEL, "blessed": blessed, "canary_version": canary if blessed else None,
+                      "saved_model": candidate_dir, "outcome": candidate_outcome},
+        "offline_ab": _read_json(os.path.join(paths["abtest_offline"], "report.json")),
+        "live_ab": _read_json(os.path.join(paths["abtest_live"], "report.json")),
+        "step_seconds": steps.seconds,
+        "total_seconds": round(time.time() - steps.started, 1),
+        "library_log": library_log,
+    }
+    with open(os.path.join(out, SUMMARY_FILE), "w") as f:
+        json.dump({k: v for k, v in summary.items() if k not in ("offline_ab", "live_ab")}, f, indent=2,
+                  default=str)
+    _print_summary(summary, out, paths, base)
     return 0
+
+
+def _print_summary(summary: dict, out: str, paths: dict, base: str) -> None:
+    stable, candidate = summary["stable"], summary["candidate"]
+    print(f"\n=== Summary (demo finished in {summary['total_seconds'] / 60:.1f} min)")
+    print(f"pushed: {STABLE_MODEL} as version {stable['version']} = stable (first run: only the absolute "
+          f"checks apply)")
+    if candidate["blessed"]:
+        print(f"pushed: {CANARY_MODEL} as version {candidate['canary_version']} = canary (blessed against stable)")
+    else:
+        print(f"not pushed: {CANARY_MODEL} (not blessed against stable); the live A/B was an A/A test")
+    print(f"blessing of {CANARY_MODEL}, per domain:")
+    for line in _blessing_lines(candidate["outcome"]) or ["(no per-domain record found)"]:
+        print(f"  {line}")
+    print(f"offline A/B, {CANARY_MODEL} as trained vs stable (pipeline decision: "
+          f"{'blessed' if candidate['blessed'] else 'not blessed'}; the simulation is the truth to judge it by):")
+    for line in _ab_lines(summary["offline_ab"]) or ["(no verdict in the report)"]:
+        print(f"  {line}")
+    print("outputs:")
+    print(f"  offline A/B report:  {os.path.join(paths['abtest_offline'], 'report.md')}")
+    for plot in sorted(glob.glob(os.path.join(paths["abtest_offline"], "*.png"))):
+        print(f"  offline A/B plot:    {plot}")
+    print(f"  live A/B report:     {os.path.join(paths['abtest_live'], 'report.md')}")
+    print(f"  pushed SavedModels:  {base}")
+    print(f"  pipeline artifacts:  {paths['pipeline_root']} (ML Metadata: metadata.sqlite)")
+    print(f"  logs and world:      {paths['data']}")
+    print(f"  serving logs:        {paths['logs']}")
+    if summary["library_log"]:
+        print(f"  library logs:        {summary['library_log']} (--verbose shows them instead)")
+    print("step wall times:")
+    for name, seconds in summary["step_seconds"].items():
+        print(f"  {seconds / 60:5.1f} min  {name}")
+    print(f"  (also in {os.path.join(out, SUMMARY_FILE)})", flush=True)

@@ -5,18 +5,16 @@ import os
 
 from crocodile.errors import UserError
 
-# Kept here (not imported from configs) so `crocodile --help` imports nothing heavy.
-_DEFAULT_TRAIN_STEPS = 2000
-_DEFAULT_EVAL_STEPS = 100
 
 
 def _add_common_arguments(parser) -> None:
     parser.add_argument("--model", default="crocodile", help="model registry name (default: crocodile)")
     parser.add_argument("--hparams", default="{}", help="model hyperparameters as a JSON object")
-    parser.add_argument("--train-steps", type=int, default=_DEFAULT_TRAIN_STEPS,
-                        help="optimiser steps over all epochs")
-    parser.add_argument("--eval-steps", type=int, default=_DEFAULT_EVAL_STEPS,
-                        help="validation batches per epoch")
+    parser.add_argument("--train-steps", type=int, default=None,
+                        help="optimiser steps over all epochs (default: each epoch is one pass over the "
+                             "training split, up to the model's epochs, ended by early stopping)")
+    parser.add_argument("--eval-steps", type=int, default=None,
+                        help="validation batches per epoch (default: the whole eval split)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs the train steps are split into (early stopping compares them); "
                              "default: the model's hparams")
@@ -28,7 +26,8 @@ def _add_common_arguments(parser) -> None:
                         help="curated schema.pbtxt for ImportSchemaGen (default: inferred, then curated)")
     parser.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                         help="Beam pipeline option, repeatable (e.g. --beam-arg=--runner=DataflowRunner); "
-                             "without --runner the DirectRunner runs in multi-processing mode")
+                             "without --runner the DirectRunner is sized to the machine and the data "
+                             "(pipeline/configs.py: direct_runner_args)")
 
 
 def register(subparsers) -> None:
@@ -44,7 +43,9 @@ def register(subparsers) -> None:
     run.add_argument("--serving-dir", required=True,
                      help="model base path root: blessed models go to SERVING_DIR/crocodile/<version>/")
     run.add_argument("--no-cache", action="store_true", help="re-run every component")
-    run.add_argument("--verbose", action="store_true", help="show TFX and Beam INFO logs")
+    run.add_argument("--outcome-json", default=None, metavar="FILE",
+                     help="also write the run's outcome (blessing, push, the trained model's "
+                          "SavedModel folder) to FILE as JSON")
     _add_common_arguments(run)
     run.set_defaults(handler=run_pipeline)
 
@@ -94,17 +95,22 @@ def _hparams(args) -> dict:
     return value
 
 
-def beam_args(user_args) -> list:
-    """DirectRunner multi-processing defaults unless the user picks a runner; user args win."""
+def beam_args(user_args, rows=None, local=True) -> list:
+    """Runner options, user args last (they win); without --runner, the DirectRunner's.
+
+    Local runs size it to this machine and ``rows``; a compiled pipeline runs elsewhere,
+    so it gets one worker process per core of wherever it runs.
+    """
     from crocodile.pipeline import configs
 
     if any(arg.startswith("--runner") for arg in user_args):
         return list(user_args)
-    return list(configs.DIRECT_RUNNER_ARGS) + list(user_args)
+    defaults = configs.direct_runner_args(rows) if local else configs.DIRECT_RUNNER_ARGS
+    return list(defaults) + list(user_args)
 
 
-def _pipeline_kwargs(args, feature_config) -> dict:
-    if min(args.train_steps, args.eval_steps, args.epochs or 1, args.batch_size or 1) < 1:
+def _pipeline_kwargs(args, feature_config, rows=None, local=True) -> dict:
+    if min(args.train_steps or 1, args.eval_steps or 1, args.epochs or 1, args.batch_size or 1) < 1:
         raise UserError("--train-steps, --eval-steps, --epochs and --batch-size must be >= 1")
     if args.schema and not os.path.exists(args.schema) and "://" not in args.schema:
         raise UserError(f"--schema {args.schema}: no such file")
@@ -112,7 +118,7 @@ def _pipeline_kwargs(args, feature_config) -> dict:
         serving_dir=args.serving_dir, feature_config=feature_config, model_name=args.model,
         hparams=_hparams(args), train_steps=args.train_steps, eval_steps=args.eval_steps,
         distribution_strategy=args.strategy,
-        schema_path=args.schema, beam_pipeline_args=beam_args(args.beam_arg))
+        schema_path=args.schema, beam_pipeline_args=beam_args(args.beam_arg, rows, local))
 
 
 def run_pipeline(args) -> int:
@@ -124,8 +130,9 @@ def run_pipeline(args) -> int:
         raise UserError(f"--data {args.data}: no such folder")
     feature_config = data_source.load_feature_config(args.data)
     input_format = data_source.detect_format(args.data)
-    kwargs = _pipeline_kwargs(args, feature_config)
-    domains = evaluation.domains_with_enough_rows(data_source.count_domains(args.data))
+    domain_rows = data_source.count_domains(args.data)
+    kwargs = _pipeline_kwargs(args, feature_config, sum(domain_rows.values()) or None)
+    domains = evaluation.domains_with_enough_rows(domain_rows)
     pipeline_root = os.path.abspath(args.pipeline_root)
     os.makedirs(pipeline_root, exist_ok=True)
     kwargs["serving_dir"] = os.path.abspath(args.serving_dir)
@@ -145,7 +152,39 @@ def run_pipeline(args) -> int:
     except DataValidationError as error:
         raise UserError(str(error)) from error
     print(outcome.describe(), flush=True)
+    if args.outcome_json:
+        _write_outcome(args.outcome_json, outcome, pipeline_root, args.model)
     return 0
+
+
+def trained_model_dir(pipeline_root: str):
+    """The serving SavedModel the latest Trainer execution produced (pushed or not), or None."""
+    from tfx.orchestration import metadata
+
+    from crocodile.pipeline import runners
+
+    with metadata.Metadata(runners.metadata_connection_config(pipeline_root)) as m:
+        trainer_runs = [e for c in m.store.get_contexts_by_type("node") if c.name.endswith(".Trainer")
+                        for e in m.store.get_executions_by_context(c.id)]
+        if not trainer_runs:
+            return None
+        latest = max(trainer_runs, key=lambda e: e.id)
+        outputs = [event.artifact_id for event in m.store.get_events_by_execution_ids([latest.id])
+                   if event.type in (event.OUTPUT, event.DECLARED_OUTPUT)]
+        models = [a for a in m.store.get_artifacts_by_id(outputs)
+                  if m.store.get_artifact_types_by_id([a.type_id])[0].name == "Model"]
+    return os.path.join(models[0].uri, "Format-Serving") if models else None
+
+
+def _write_outcome(path: str, outcome, pipeline_root: str, model: str) -> None:
+    """The outcome's fields as they are (whatever the run records), plus the trained model."""
+    import dataclasses
+
+    value = dataclasses.asdict(outcome) if dataclasses.is_dataclass(outcome) else dict(vars(outcome))
+    value.update(model=model, trained_model_dir=trained_model_dir(pipeline_root))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2, default=str)
 
 
 def compile_pipeline(args) -> int:
@@ -172,7 +211,7 @@ def compile_pipeline(args) -> int:
         input_base=f"{args.data.rstrip('/')}/{data_source.LOGS_SUBDIR}",
         input_format=input_format,
         threshold_domains=domains,
-        **_pipeline_kwargs(args, feature_config))
+        **_pipeline_kwargs(args, feature_config, local=False))
     try:
         path = runners.compile_kubeflow(pipeline, args.out, args.image)
     except ValueError as error:

@@ -22,12 +22,14 @@ TRAIN_SPLIT, EVAL_SPLIT = "train", "eval"
 SPLIT_BUCKETS = {TRAIN_SPLIT: 4, EVAL_SPLIT: 1}
 EVAL_FRACTION = SPLIT_BUCKETS[EVAL_SPLIT] / sum(SPLIT_BUCKETS.values())
 
-# Trainer defaults. train_steps are optimiser steps over all epochs; the trainer splits
-# them evenly over the model's hparams.epochs, so early stopping on validation AUC has
-# epochs to compare. Batch size and epochs are model hyperparameters
-# (crocodile.model.hparams), overridable with --hparams.
-TRAIN_STEPS = 2000
-EVAL_STEPS = 100
+# Trainer budget. None (the default): each epoch is one pass over the training split
+# (steps from its row count), validation one pass over the eval split, up to the model's
+# hparams.epochs, ended by early stopping on validation AUC (trainer.training_budget).
+# A number: optimiser steps over all epochs (split evenly) / validation batches per epoch.
+# Batch size and epochs are model hyperparameters (crocodile.model.hparams), overridable
+# with --hparams.
+TRAIN_STEPS = None
+EVAL_STEPS = None
 # tf.distribute strategy for the trainer: "auto" = MultiWorkerMirrored when TF_CONFIG names
 # several workers, Mirrored when GPUs are visible, else the default (one-device) strategy.
 DISTRIBUTION_STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
@@ -54,10 +56,38 @@ DOMAIN_THRESHOLD_MARGIN = 2
 
 # Beam. Transform, StatisticsGen, Evaluator etc. run on Beam. Worker processes inherit the
 # launching process's environment, which has TF_USE_LEGACY_KERAS=1 (crocodile/__init__.py).
+# The DirectRunner is sized to the machine and the data (direct_runner_args): worker
+# processes pay off only with enough cores and rows to spread; each Beam component
+# starts its own workers (each imports TensorFlow) and ships every element to them over
+# gRPC, which on 2 cores costs more than it saves (I: the thresholds below).
 DIRECT_RUNNER_ARGS = (
     "--direct_running_mode=multi_processing",
     "--direct_num_workers=0",  # 0 = one worker per CPU core
 )
+IN_PROCESS_RUNNER_ARGS = (
+    "--direct_running_mode=in_memory",
+    "--direct_num_workers=1",
+)
+MULTI_PROCESS_MIN_CPUS = 4
+MULTI_PROCESS_MIN_ROWS = 2_000_000
+
+
+def direct_runner_args(rows=None, cpus=None) -> tuple:
+    """DirectRunner options for ``rows`` log rows on ``cpus`` cores (None: this machine).
+
+    Worker processes, one per core, when the machine has MULTI_PROCESS_MIN_CPUS cores and
+    the logs MULTI_PROCESS_MIN_ROWS rows (or the row count is unknown); otherwise one
+    in-process worker.
+    """
+    import os
+
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cpus >= MULTI_PROCESS_MIN_CPUS and (rows is None or rows >= MULTI_PROCESS_MIN_ROWS):
+        return ("--direct_running_mode=multi_processing", f"--direct_num_workers={cpus}")
+    return IN_PROCESS_RUNNER_ARGS
+
+
 TFX_IMAGE = "gcr.io/tfx-oss-public/tfx:1.16.0"
 DEFAULT_PIPELINE_IMAGE = "crocodile-pipeline:latest"
 # Templates for other Beam runners (placeholders in <...>); README explains each.

@@ -63,9 +63,10 @@ def build_eval_config(threshold_domains: Iterable[int] = (),
         ])
     metrics = [tfma.MetricConfig(class_name=name) for name in REPORTED_METRICS] + [auc]
     return tfma.EvalConfig(
+        # serving_default parses raw examples and applies the TFT layer itself; labels and
+        # the domain slice are raw features, so the transform is not run a second time.
         model_specs=[tfma.ModelSpec(
             signature_name="serving_default",
-            preprocessing_function_names=["transform_features"],
             label_key=configs.LABEL_KEY,
             prediction_key=configs.PREDICTION_KEY)],
         slicing_specs=[overall, tfma.SlicingSpec(feature_keys=[configs.SLICE_FEATURE])],

@@ -6,8 +6,8 @@ or compiles it for Kubeflow Pipelines (KubeflowV2DagRunner).
     ExampleGen (CSV | TFRecord; hash split train/eval)
       -> StatisticsGen -> SchemaGen -> CuratedSchemaGen   (or ImportSchemaGen from a file)
       -> ExampleValidator -> AnomaliesGate (raises on anomalies: bad logs stop here)
-      -> Transform (crocodile.pipeline.preprocessing.preprocessing_fn)
-      -> Trainer (crocodile.pipeline.trainer.run_fn)
+      -> Transform (crocodile.pipeline.preprocessing.preprocessing_fn; analysis only)
+      -> Trainer (crocodile.pipeline.trainer.run_fn; raw examples through the TFT graph)
       -> Evaluator (TFMA by domain, vs the latest blessed model from the Resolver)
       -> Pusher (only a blessed model; <serving_dir>/crocodile/<version>/)
 """
@@ -61,8 +61,8 @@ def create_pipeline(
     input_format: str = CSV,
     model_name: str = configs.DEFAULT_MODEL,
     hparams: Optional[Mapping] = None,
-    train_steps: int = configs.TRAIN_STEPS,
-    eval_steps: int = configs.EVAL_STEPS,
+    train_steps: Optional[int] = configs.TRAIN_STEPS,
+    eval_steps: Optional[int] = configs.EVAL_STEPS,
     distribution_strategy: str = configs.DEFAULT_DISTRIBUTION_STRATEGY,
     schema_path: Optional[str] = None,
     threshold_domains: Iterable[int] = (),
@@ -71,7 +71,11 @@ def create_pipeline(
     enable_cache: bool = True,
     pipeline_name: str = configs.PIPELINE_NAME,
 ) -> tfx.dsl.Pipeline:
-    """The pipeline's DAG. ``input_base`` is the folder of log files (DIR/logs)."""
+    """The pipeline's DAG. ``input_base`` is the folder of log files (DIR/logs).
+
+    ``train_steps``/``eval_steps`` None: the trainer's budget follows the data
+    (trainer.training_budget).
+    """
     example_gen = _example_gen(input_base, input_format)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if schema_path:
@@ -93,18 +97,26 @@ def create_pipeline(
         anomalies=example_validator.outputs["anomalies"], schema=schema).with_id("AnomaliesGate")
     validated_schema = gate.outputs["validated_schema"]
 
+    # Transform only analyses the training split (vocabularies, z-score moments): the
+    # trainer applies the resulting graph to raw examples batch by batch, as serving does,
+    # so no transformed copy of the data is written (materialize=False). StatisticsGen and
+    # ExampleValidator have already profiled and checked the raw data, so Transform's own
+    # statistics would profile it twice more; no later run is given its analyzer cache.
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"],
         schema=validated_schema,
         preprocessing_fn=configs.PREPROCESSING_FN,
+        materialize=False,
+        disable_statistics=True,
+        disable_analyzer_cache=True,
         custom_config={"feature_config": feature_config.to_dict()})
     trainer = tfx.components.Trainer(
         run_fn=configs.RUN_FN,
-        examples=transform.outputs["transformed_examples"],
+        examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=validated_schema,
-        train_args=tfx.proto.TrainArgs(num_steps=int(train_steps)),
-        eval_args=tfx.proto.EvalArgs(num_steps=int(eval_steps)),
+        train_args=tfx.proto.TrainArgs(num_steps=int(train_steps)) if train_steps else tfx.proto.TrainArgs(),
+        eval_args=tfx.proto.EvalArgs(num_steps=int(eval_steps)) if eval_steps else tfx.proto.EvalArgs(),
         custom_config=trainer_custom_config(
             feature_config, model_name, hparams, distribution_strategy))
 

@@ -28,7 +28,7 @@ from crocodile.serving.examples import make_example
 pytestmark = pytest.mark.slow
 
 SMALL_HPARAMS = {"embedding_dim": 8, "num_embedding_sets": 2, "expert_units": [16], "tower_units": [8],
-                 "prior_embedding_dim": 8, "batch_size": 256, "epochs": 2}
+                 "prior_embedding_dim": 8, "batch_size": 256, "epochs": 5}
 # In-process Beam: on two shared cores, starting Beam worker processes for each of the
 # five Beam components costs minutes for these few rows. The multi-processing default
 # runs in benchmarks/pipeline.py and `make demo`.
@@ -79,7 +79,6 @@ def first_run(tmp_path_factory, generate_world_logs):
     paths = {"data": data, "root": str(base / "root"), "serving": str(base / "serving")}
     code, output = run_cli(["pipeline", "run", "--data", data, "--model", "crocodile",
                             "--pipeline-root", paths["root"], "--serving-dir", paths["serving"],
-                            "--train-steps", "120", "--eval-steps", "10",
                             "--hparams", json.dumps(SMALL_HPARAMS), *BEAM_ARGS])
     return {**paths, "code": code, "output": output}
 

@@ -79,4 +79,5 @@ def test_eval_config_thresholds():
     assert overall.change_threshold.absolute.value < 0
     assert [s.feature_keys for s in config.slicing_specs] == [[], ["domain_id"]]
     assert config.model_specs[0].label_key == "click"
-    assert config.model_specs[0].preprocessing_function_names == ["transform_features"]
+    # serving_default applies the transform itself: TFMA must not run it a second time.
+    assert list(config.model_specs[0].preprocessing_function_names) == []
