@@ -189,6 +189,8 @@ def run(data_dir: str, models: Sequence[str], seeds: int, out_dir: str, max_rows
     transform_seconds = time.perf_counter() - start
     log.info("transform done in %.0fs", transform_seconds)
     vocab = tft_vocab_sizes(transformed.tft_output, feature_config)
+    import tensorflow as tf  # after the transform: TFT has imported it already
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]  # Keras trains on the first one when present
     fit_arrays, val_arrays = split_validation(transformed.train, VALIDATION_FRACTION)
     eval_arrays = transformed.eval
     data = (fit_arrays, val_arrays, eval_arrays)
@@ -206,7 +208,8 @@ def run(data_dir: str, models: Sequence[str], seeds: int, out_dir: str, max_rows
                  "eval_ctr": float(np.mean(labels))},
         "settings": {"budget": budget, "models": list(models), "reference": reference, "seeds": seeds,
                      "epoch_cap": epochs, "hparams_overrides": hparams, "tuning": "none: every model at its defaults",
-                     "hparams_defaults": HParams().to_dict(), "max_rows": max_rows},
+                     "hparams_defaults": HParams().to_dict(), "max_rows": max_rows,
+                     "devices": gpus or ["CPU only"]},
         "transform_seconds": transform_seconds,
         "ladder": ladder,
         "runs": [],
