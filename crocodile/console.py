@@ -134,7 +134,8 @@ def move_log(path: str) -> Optional[str]:
     os.dup2(log_fd, 2)
     os.close(log_fd)
     _state["handler"].setStream(new_stream)
-    _state.update(log_file=path, log_stream=new_stream, inherited=False)
+    # The command names the moved log in its own summary.
+    _state.update(log_file=path, log_stream=new_stream, inherited=True)
     os.environ[LOG_FILE_ENV] = path
     old_stream.close()
     os.remove(old_path)
@@ -150,7 +151,7 @@ def record_crash(error: BaseException) -> None:
 
 
 def announce_log_file() -> None:
-    """One line on the terminal naming the log file (not from the demo's steps: the demo names it)."""
+    """One line on the terminal naming the log file (not from the demo or its steps: the demo names it)."""
     path = _state["log_file"]
     if path and not _state["inherited"] and os.path.exists(path) and os.path.getsize(path) > 0:
         print(f"library logs: {path}", file=sys.stderr, flush=True)
