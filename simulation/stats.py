@@ -231,4 +231,4 @@ def analyze(cells: Cells, canary_shares, alpha: float = ALPHA, power: float = PO
             domains[d].metrics[name].p_holm = float(p_h)
             domains[d].metrics[name].p_bh = float(p_b)
     return {"overall": _overall_result(cells, shares, in_experiment, alpha, power, use_cuped), "domains": domains,
-            "alpha": alpha, "power": power, "multiple_comparison": "Holm (decisions); Benjamini-Hochberg shown"}
+            "in_experiment": in_experiment, "alpha": alpha, "power": power, "multiple_comparison": "Holm (decisions); Benjamini-Hochberg shown"}

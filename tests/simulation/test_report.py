@@ -31,7 +31,7 @@ def make_result(seed=0, requests=40000, users=4000, canary_shares=(0.5, 0.5, 0.5
                             purchases=purchases, gmv=gmv, timestamp=np.sort(rng.random(n)) * 14 * 86400,
                             version=np.full(n, -1), num_domains=NUM_DOMAINS, slate_size=10,
                             oracle_clicks=oracle_clicks, oracle_gmv=oracle_clicks * 3.0,
-                            oracle_requests=per_domain)
+                            oracle_requests=per_domain, days=14.0)
 
 
 @pytest.fixture(scope="module")
