@@ -39,6 +39,8 @@ class AACalibration:
     p: Dict[tuple, np.ndarray]
     p_holm: Dict[tuple, np.ndarray]
     users_per_arm: Dict[str, np.ndarray]
+    # GMV/user per domain with Welch's t instead of the report's pooled-variance t (for comparison).
+    p_welch_gmv: Dict[str, np.ndarray]
 
     def rejection_rate(self, scope: str, metric: str, alpha: float = stats.ALPHA, holm: bool = False) -> float:
         p = (self.p_holm if holm else self.p)[(scope, metric)]
@@ -66,7 +68,7 @@ def aa_runs(world, runs: int, requests_per_run: int, seed: int = 0, canary_share
     if domain is not None:  # the other domains carry no traffic: not in the experiment
         shares[:] = 0.0
         shares[domain] = canary_share
-    p, p_holm, users = {}, {}, {}
+    p, p_holm, users, welch = {}, {}, {}, {}
     for run in range(runs):
         block = slice(run * requests_per_run, (run + 1) * requests_per_run)
         cells = stats.Cells.from_events(result.user[block], result.domain[block],
@@ -88,4 +90,10 @@ def aa_runs(world, runs: int, requests_per_run: int, seed: int = 0, canary_share
                 p.setdefault((scope.scope, name), np.full(runs, np.nan))[run] = np.nan if m is None else m.p_value
                 p_holm.setdefault((scope.scope, name), np.full(runs, np.nan))[run] = (
                     np.nan if m is None else m.p_holm)
-    return AACalibration(runs, requests_per_run, p, p_holm, users)
+        for d in range(world.num_domains):
+            rows = cells.domain == d
+            y, arm = cells.gmv[rows], cells.canary[rows]
+            if shares[d] > 0 and min(arm.sum(), (~arm).sum()) >= 2:
+                welch.setdefault(f"domain {d}", np.full(runs, np.nan))[run] = stats.mean_comparison(
+                    y[~arm], y[arm], variance="welch").p_value
+    return AACalibration(runs, requests_per_run, p, p_holm, users, welch)

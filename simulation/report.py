@@ -218,7 +218,9 @@ GLOSSARY = [
               "pre-period cannot depend on the assignment); same lift, narrower interval."),
     ("delta method", "the standard error of a ratio (CTR = clicks / impressions) with the user as the unit, since "
                      "one user's impressions are correlated."),
-    ("Welch's t-test", "compares two means (per-user values) without assuming equal variances."),
+    ("Student's t-test (pooled variance)", "compares two means (per-user values) with one variance from both "
+                                           "arms, the variance the random assignment gives when the canary changes "
+                                           "nothing; it stays calibrated for rare, heavy-tailed GMV in a small arm."),
     ("post-stratified", "the overall value weights each domain the same way in both arms, so different canary "
                         "shares per domain do not leak into the lift."),
     ("SRM", "sample ratio mismatch: the users per arm do not match the policy's split; the run is not trustworthy."),
@@ -327,7 +329,8 @@ def to_markdown(report: dict) -> str:
                    f"{_pct(gmv['oracle_rel_lift'])} | {_mde(ctr['mde_rel'])} | {_p(d['srm_p'])}{alarm} |")
     out += ["", "## Method", "",
             "- Unit: the user (the router randomises users within a domain). CTR is a ratio metric: delta method "
-            "with the user as cluster. Clicks/user and GMV/user per domain: Welch's t-test.",
+            "with the user as cluster. Clicks/user and GMV/user per domain: Student's t-test (pooled variance; "
+            "Welch's under-covers heavy-tailed GMV in a small arm).",
             "- CUPED: " + ("every metric adjusted by the user's pre-period value in the domain (stable model for "
                            "all users before the experiment): clicks/user and GMV/user by their own pre-period "
                            "value, CTR's numerator by the linearised pre-period CTR; the stable/canary columns "
