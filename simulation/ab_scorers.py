@@ -65,8 +65,12 @@ class ExampleEncoder:
         return (per_request[:, None] + self._items[candidates]).reshape(-1)
 
     def encode_triples(self, user: np.ndarray, domain: np.ndarray, item: np.ndarray) -> np.ndarray:
-        """Serialized Examples of flat (user, domain, item) triples."""
-        return self._users[user] + self._domains[domain] + self._items[item]
+        """Serialized Examples of flat (user, domain, item) triples; the user + domain part is
+        built once per distinct pair (triples of one pair repeat it)."""
+        pair = user * len(self._domains) + domain
+        pairs, inverse = np.unique(pair, return_inverse=True)
+        prefix = self._users[pairs // len(self._domains)] + self._domains[pairs % len(self._domains)]
+        return prefix[inverse] + self._items[item]
 
 
 def resolve_saved_model(path: str) -> str:
@@ -231,6 +235,19 @@ class OfflineScorer:
         self._user_ids = world.user_features(np.arange(world.num_users))["user_id"]
         self._models = ModelPair(world, stable_path, canary_path, cache=not exhaustive)
         self._exhaustive = exhaustive
+        # The arm is sticky per (user, domain): each pair is hashed once (-1: not yet).
+        self._num_domains = world.num_domains
+        self._arms = None if exhaustive else np.full(world.num_users * world.num_domains, -1, np.int8)
+
+    def _assign(self, user: np.ndarray, domain: np.ndarray) -> np.ndarray:
+        if self._arms is None:
+            return np.asarray(self._policy.assign_many(domain, self._user_ids[user]), bool)
+        pair = user * self._num_domains + domain
+        new = np.unique(pair[self._arms[pair] < 0])
+        if new.size:
+            self._arms[new] = self._policy.assign_many(new % self._num_domains,
+                                                       self._user_ids[new // self._num_domains])
+        return self._arms[pair].astype(bool)
 
     @property
     def examples_scored(self) -> int:
@@ -242,7 +259,7 @@ class OfflineScorer:
         return PrePeriodScorer(self._models)
 
     def score(self, user, domain, candidates, request_ids=None, oracle_rows=None) -> Scored:
-        canary = np.asarray(self._policy.assign_many(domain, self._user_ids[user]), bool)
+        canary = self._assign(user, domain)
         if self._exhaustive or oracle_rows is None:
             stable_scores, canary_scores = self._models.score(user, domain, candidates)
         else:

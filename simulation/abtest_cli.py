@@ -121,12 +121,14 @@ def offline_command(args) -> int:
     impressions = _positive(args.impressions, "--impressions")
     if not args.aa and not args.canary:
         raise UserError("--canary is required unless --aa is given")
+    oracle_requests = _oracle_requests(args.oracle_requests)
+    if args.exhaustive_scoring:
+        oracle_requests = None
+    if args.cuped_impressions < 0:
+        raise UserError(f"--cuped-impressions must be >= 0, got {args.cuped_impressions}")
     world = load_world(args.world)
     policy = CanaryPolicy.load(args.policy)
     canary_path = args.stable if args.aa else args.canary
-    oracle_requests = None if args.exhaustive_scoring else _oracle_requests(args.oracle_requests)
-    if args.cuped_impressions < 0:
-        raise UserError(f"--cuped-impressions must be >= 0, got {args.cuped_impressions}")
     scorer = ab_scorers.OfflineScorer(world, policy, args.stable, canary_path, exhaustive=args.exhaustive_scoring)
     pre_period = None
     if args.cuped_impressions:
