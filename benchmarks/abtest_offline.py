@@ -5,10 +5,12 @@ model for everyone) and the experiment (traffic, the router's assignment, the ar
 true clicks and purchases, the oracle). Two variants, interleaved (A B A B ...) after a warm-up:
 - `exhaustive`: the original path: both models score all candidates of every request (the exact
   oracle) and the pre-period scores everything again.
-- `fast`: each distinct (user, domain, item) scored once per model (the pre-period's stable scores
-  are reused by the experiment), the other arm's model only on the oracle's sample of requests
-  (`--oracle-requests` per domain; the report gives its sampling error).
-Both variants see the same traffic (same seed per repeat) and produce identical estimates.
+- `fast` (the CLI's default): each distinct (user, domain, item) scored once per model, the other
+  arm's model only on the oracle's sample of requests (`--oracle-requests` per domain; the report
+  gives its sampling error), the pre-period ranked by the world's logging policy (no model
+  evaluations; `--pre-period-ranker stable` keeps the stable model, whose scores are then reused).
+Both variants see the same traffic and outcomes in the experiment (same seed per repeat; with a
+stable-ranked pre-period the estimates are identical, tests/simulation/test_abtest.py).
 Throughput = experiment impressions / wall time of pre-period + experiment. Models: two
 world-rankers of different quality (crocodile.simulation.ab_reference_models) unless
 --stable/--canary name real SavedModels (a real model costs more per example, so the fast path
@@ -40,10 +42,12 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--items", type=int, default=2_000)
-    parser.add_argument("--oracle-requests", type=int, default=3_000,
-                        help="requests per domain both models score in the fast path: about 20%% of this run's "
-                             "requests, the share the CLI's default (100,000 per domain) samples in a 20M-impression "
+    parser.add_argument("--oracle-requests", type=int, default=1_500,
+                        help="requests per domain both models score in the fast path: about 11%% of this run's "
+                             "requests, the share the CLI's default (50,000 per domain) samples in a 20M-impression "
                              "run")
+    parser.add_argument("--pre-period-ranker", choices=("logging-policy", "stable"), default="logging-policy",
+                        help="who ranks the fast path's pre-period (the CLI's default: the logging policy)")
     parser.add_argument("--stable", help="stable SavedModel (default: a noisy world-ranker)")
     parser.add_argument("--canary", help="canary SavedModel (default: a less noisy world-ranker)")
     args = parser.parse_args(argv)
@@ -70,7 +74,9 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         scorer = ab_scorers.OfflineScorer(world, policy, stable, canary, exhaustive=exhaustive)
         chunk = abtest_cli.OFFLINE_REQUESTS_PER_CHUNK  # the same traffic in both variants
-        abtest.simulate(world, scorer.pre_period(), pre_requests_, seed=seed + abtest.PRE_PERIOD_SEED_OFFSET,
+        pre_scorer = (scorer.pre_period() if exhaustive or args.pre_period_ranker == "stable"
+                      else ab_scorers.LoggingPolicyScorer(world, seed))
+        abtest.simulate(world, pre_scorer, pre_requests_, seed=seed + abtest.PRE_PERIOD_SEED_OFFSET,
                         chunk=chunk, progress=False)
         result = abtest.simulate(world, scorer, requests_, seed=seed, chunk=chunk, progress=False,
                                  oracle_requests=None if exhaustive else args.oracle_requests)
@@ -111,6 +117,7 @@ def main(argv=None) -> int:
         "models": {"stable": args.stable or "world-ranker noise 1.0", "canary": args.canary or "world-ranker noise 0.3"},
         "impressions_per_repeat": requests * slate, "pre_period_impressions_per_repeat": pre_requests * slate,
         "oracle_requests_per_domain_fast": args.oracle_requests,
+        "pre_period_ranker_fast": args.pre_period_ranker,
         "repeats": args.repeats,
         "variants": {v: summary(v) for v in VARIANTS},
         "paired_ratio_fast_over_exhaustive": {"median": statistics.median(ratios), "min": min(ratios),

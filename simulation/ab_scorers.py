@@ -8,7 +8,8 @@ one traffic path whichever answers:
   SavedModels' `serving_default` in-process, thousands of requests per model call.
 - `LiveScorer`: one Regress call per request to the canary router over gRPC
   (crocodile.serving.client.ScoringClient); the arm comes from the router's trailing metadata.
-- `PrePeriodScorer`: the stable model for everyone (the pre-period behind CUPED).
+- `PrePeriodScorer`: the stable model for everyone (the pre-period behind CUPED), or
+  `LoggingPolicyScorer`: the world's logging policy for everyone (no model evaluations).
 """
 import dataclasses
 import os
@@ -277,6 +278,29 @@ class PrePeriodScorer:
 
     def score(self, user, domain, candidates, request_ids=None, oracle_rows=None) -> Scored:
         return Scored(np.zeros(user.size, bool), self._models.stable(user, domain, candidates))
+
+
+class LoggingPolicyScorer:
+    """The world's logging policy for everyone: a CUPED pre-period that costs no model evaluation.
+
+    The policy that wrote the training logs is the production ranking before the experiment;
+    each user's pre-period clicks and GMV under it are as independent of the later assignment
+    as under the stable model, and carry the same per-user activity and taste that CUPED uses.
+    Score: popularity weight x log popularity + true click logit + N(0, noise^2), the score of
+    crocodile.simulation.logs.logging_policy_slates (its 5% random-exposure slots are left out).
+    """
+
+    def __init__(self, world, seed: int = 0):
+        self._world = world
+        self._rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+        self._log_popularity = np.log(world.item_popularity)
+
+    def score(self, user, domain, candidates, request_ids=None, oracle_rows=None) -> Scored:
+        c = self._world.config
+        scores = (c.policy_popularity_weight * self._log_popularity[candidates]
+                  + self._world.click_logit(user[:, None], candidates, domain[:, None])
+                  + c.policy_noise_sigma * self._rng.standard_normal(candidates.shape))
+        return Scored(np.zeros(user.size, bool), scores)
 
 
 class LiveScorer:

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from crocodile.serving.examples import make_example
 from crocodile.serving.policy import CanaryPolicy
-from crocodile.simulation import ab_scorers, abtest, abtest_cli, stats
+from crocodile.simulation import ab_calibration, ab_scorers, abtest, abtest_cli, stats
 from crocodile.simulation.ab_reference_models import save_world_ranker
 from crocodile.simulation.world import World, WorldConfig
 
@@ -180,3 +180,20 @@ def test_fast_offline_path_matches_the_exhaustive_one(setup):
             assert abs(sampled[scope][metric] - exact[scope][metric]) < 4 * se, (scope, metric)
     # Each distinct (user, domain, item) once per model, the other arm's model on the sample only.
     assert new_cost < 0.5 * old_cost
+
+
+def test_logging_policy_pre_period_reproduces_the_logged_ctr_without_models(setup):
+    """The world calibrates alpha_d so that its logging policy's traffic has the configured CTR per
+    domain; a pre-period ranked by LoggingPolicyScorer must show those CTRs (a little above: its
+    5% random-exposure slots are left out), far below what ranking by the true relevance gives."""
+    world = setup["world"]
+    pre = abtest.simulate(world, ab_scorers.LoggingPolicyScorer(world, seed=1), 20000, seed=3, progress=False)
+    best = abtest.simulate(world, ab_calibration.RelevanceScorer(world),
+                           20000, seed=3, progress=False)
+    for d, configured in enumerate(world.config.domain_ctr):
+        rows = pre.domain == d
+        ctr = pre.clicks[rows].sum() / pre.impressions[rows].sum()
+        assert configured * 0.9 < ctr < configured * 1.2, (d, ctr, configured)
+        rows = best.domain == d
+        assert best.clicks[rows].sum() / best.impressions[rows].sum() > 1.2 * ctr
+    assert not pre.canary.any() and pre.oracle_clicks is None
