@@ -35,13 +35,14 @@ VARIANTS = ("exhaustive", "fast")
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    # 10k users and 600k + 300k impressions: about 9 requests per user, the ratio of the demo's
-    # offline A/B (200k users, 20M + 10M impressions is 15): score reuse grows with it.
+    # The demo preset's world (4k users, 2k items) and 600k + 300k impressions: about 22 requests per
+    # user. Score reuse grows with requests per user, so the speed-up depends on the run's size.
     parser.add_argument("--impressions", type=int, default=600_000, help="experiment impressions per repeat")
     parser.add_argument("--pre-period", type=int, default=300_000, help="pre-period impressions per repeat")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--users", type=int, default=10_000)
-    parser.add_argument("--items", type=int, default=2_000)
+    parser.add_argument("--preset", default="demo", help="world preset (crocodile.simulation.presets)")
+    parser.add_argument("--users", type=int, help="override the preset's users")
+    parser.add_argument("--items", type=int, help="override the preset's items")
     parser.add_argument("--oracle-requests", type=int, default=1_500,
                         help="requests per domain both models score in the fast path: about 11%% of this run's "
                              "requests, the share the CLI's default (50,000 per domain) samples in a 20M-impression "
@@ -56,11 +57,13 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from crocodile.serving.policy import CanaryPolicy
-    from crocodile.simulation import ab_scorers, abtest, abtest_cli
+    from crocodile.simulation import ab_scorers, abtest, abtest_cli, presets
     from crocodile.simulation.ab_reference_models import save_world_ranker
     from crocodile.simulation.world import World, WorldConfig
 
-    world = World.create(WorldConfig(seed=0, num_users=args.users, num_items=args.items))
+    fields = presets.world_fields(args.preset)
+    fields.update({k: v for k, v in (("num_users", args.users), ("num_items", args.items)) if v})
+    world = World.create(WorldConfig(seed=0, **fields))
     scratch = tempfile.mkdtemp(prefix="abtest_bench_")
     stable = args.stable or save_world_ranker(world, os.path.join(scratch, "stable", "1"), noise=1.0, seed=1)
     canary = args.canary or save_world_ranker(world, os.path.join(scratch, "canary", "1"), noise=0.3, seed=2)
@@ -112,7 +115,8 @@ def main(argv=None) -> int:
     print(json.dumps({
         "benchmark": "abtest_offline",
         "what": "pre-period + offline A/B experiment end to end; exhaustive (original) vs fast path, interleaved",
-        "world": {"users": args.users, "items": args.items, "domains": world.num_domains,
+        "world": {"preset": args.preset, "users": world.num_users, "items": world.num_items,
+                  "domains": world.num_domains,
                   "candidates_per_request": world.config.candidates_per_request, "slate_size": slate},
         "models": {"stable": args.stable or "world-ranker noise 1.0", "canary": args.canary or "world-ranker noise 0.3"},
         "impressions_per_repeat": requests * slate, "pre_period_impressions_per_repeat": pre_requests * slate,

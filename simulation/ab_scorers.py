@@ -165,11 +165,15 @@ class CachedModel:
         self._num_domains, self._num_items = world.num_domains, world.num_items
         self.examples_scored = 0  # model evaluations so far (the cost the cache saves)
 
+    def score_serialized(self, serialized: np.ndarray) -> np.ndarray:
+        """The model on ready-made Examples (no reuse)."""
+        self.examples_scored += serialized.size
+        return self._model(serialized)
+
     def __call__(self, user: np.ndarray, domain: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """Scores of [n, C] candidates of n requests."""
         if self._cache is None:
-            self.examples_scored += candidates.size
-            return self._model(self._encoder.encode(user, domain, candidates)).reshape(candidates.shape)
+            return self.score_serialized(self._encoder.encode(user, domain, candidates)).reshape(candidates.shape)
         keys = ((user[:, None] * self._num_domains + domain[:, None]) * self._num_items + candidates).reshape(-1)
         unique, inverse = np.unique(keys, return_inverse=True)
         scores, found = self._cache.lookup(unique)
@@ -197,8 +201,17 @@ class ModelPair:
         self.stable = CachedModel(world, self.encoder, SavedModelScorer(stable_path), cache)
         same = os.path.realpath(resolve_saved_model(canary_path)) == os.path.realpath(self.stable.path)
         self.canary = self.stable if same else CachedModel(world, self.encoder, SavedModelScorer(canary_path), cache)
+        self.cached = cache
 
     def score(self, user, domain, candidates):
+        """Both models on every candidate. Without the cache the Examples are built once for both
+        (exactly the original path)."""
+        if not self.cached:
+            serialized = self.encoder.encode(user, domain, candidates)
+            stable = self.stable.score_serialized(serialized).reshape(candidates.shape)
+            canary = (stable if self.canary is self.stable
+                      else self.canary.score_serialized(serialized).reshape(candidates.shape))
+            return stable, canary
         stable = self.stable(user, domain, candidates)
         canary = stable if self.canary is self.stable else self.canary(user, domain, candidates)
         return stable, canary

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from crocodile.simulation import ab_calibration, stats
+from crocodile.simulation import ab_calibration, presets, stats
 from crocodile.simulation.world import World, WorldConfig
 
 RUNS, REQUESTS_PER_RUN, CANARY_SHARE = 300, 2500, 0.2
@@ -22,9 +22,10 @@ def binomial_band(n_runs, rate, tail=0.0005):
 
 @pytest.fixture(scope="module")
 def calibration():
-    # Less skewed traffic shares than the default so every domain gets some users per run.
-    world = World.create(WorldConfig(seed=7, num_users=3000, num_items=500,
-                                     domain_shares=(0.4, 0.25, 0.15, 0.12, 0.08)))
+    # The demo preset's world (its users, purchase affinity and domain terms), with less skewed
+    # traffic shares so that every domain gets some users in every run.
+    world = World.create(WorldConfig(**{**presets.world_fields("demo"), "seed": 7, "num_items": 500,
+                                        "domain_shares": (0.4, 0.25, 0.15, 0.12, 0.08)}))
     # 10 candidates = the slate: in an A/A test the ranking model does not matter.
     return ab_calibration.aa_runs(world, RUNS, REQUESTS_PER_RUN, seed=1, canary_share=CANARY_SHARE,
                                   candidates_per_request=10)
