@@ -196,11 +196,16 @@ class ModelPair:
     without it every candidate slot is scored (the original path, kept for comparison).
     """
 
-    def __init__(self, world, stable_path: str, canary_path: str, cache: bool = True):
+    def __init__(self, world, stable_path, canary_path, cache: bool = True):
+        """`stable_path`/`canary_path`: SavedModel paths, or SavedModelScorers already loaded."""
+        def loaded(model):
+            return model if isinstance(model, SavedModelScorer) else SavedModelScorer(model)
+
         self.encoder = ExampleEncoder(world)
-        self.stable = CachedModel(world, self.encoder, SavedModelScorer(stable_path), cache)
-        same = os.path.realpath(resolve_saved_model(canary_path)) == os.path.realpath(self.stable.path)
-        self.canary = self.stable if same else CachedModel(world, self.encoder, SavedModelScorer(canary_path), cache)
+        self.stable = CachedModel(world, self.encoder, loaded(stable_path), cache)
+        canary_dir = canary_path.path if isinstance(canary_path, SavedModelScorer) else canary_path
+        same = os.path.realpath(resolve_saved_model(canary_dir)) == os.path.realpath(self.stable.path)
+        self.canary = self.stable if same else CachedModel(world, self.encoder, loaded(canary_path), cache)
         self.cached = cache
 
     def score(self, user, domain, candidates):
@@ -244,7 +249,7 @@ class OfflineScorer:
     and each distinct (user, domain, item) is scored once per model.
     """
 
-    def __init__(self, world, policy, stable_path: str, canary_path: str, exhaustive: bool = False):
+    def __init__(self, world, policy, stable_path, canary_path, exhaustive: bool = False):
         self._policy = policy
         self._user_ids = world.user_features(np.arange(world.num_users))["user_id"]
         self._models = ModelPair(world, stable_path, canary_path, cache=not exhaustive)

@@ -111,7 +111,6 @@ def _finish(result, shares, meta: dict, report_dir: str, started: float, args, p
     paths = report.write_report(built, report_dir)
     for line in report.conclusions(built):
         print(line.replace("**", ""))
-    print(f"verdict: {built['verdict']}")
     print(f"report: {paths['markdown']} (also {os.path.basename(paths['json'])}, "
           f"{os.path.basename(paths['lift_plot'])}, {os.path.basename(paths['cumulative_plot'])})")
     return 0
