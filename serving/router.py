@@ -117,7 +117,9 @@ class Router:
         self._state = RouterState(policy, CanaryBreaker(policy.canary_abort), policy_path or "given")
         self._reload_lock = threading.Lock()
         self.health_interval_s = health_interval_s
-        self.health_detail: Dict[str, object] = {"backend": "not checked yet"}
+        self.health_detail: Dict[str, object] = {"experiment": policy.experiment, "labels": {},
+                                                 "backends": dict(self.backends), "canary_aborted": None,
+                                                 "policy": policy_path or "given"}
         self.health = None  # the health servicer, made in the event loop
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._calls = {}  # (arm, method) -> aio multi-callable, made in the event loop
@@ -174,6 +176,8 @@ class Router:
                 self._calls[(arm, method)] = channels[target].unary_unary(f"/{SERVICE}/{method}")
         self._channels = list(channels.values())
         self.health = _DetailedHealthServicer(self)
+        for service in ("", SERVICE, CANARY_HEALTH_SERVICE):  # until the first probe has answered
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def close_channels(self) -> None:
         for channel in getattr(self, "_channels", ()):
@@ -323,7 +327,7 @@ class Router:
                        + length_delimited_field(2, b"signature_def"))
             try:
                 answer = await self._calls[(arm, "GetModelMetadata")](request, timeout=min(2.0, self.backend_timeout_s))
-                results[arm] = f"version {ResponseView.FromString(answer).model_spec.version.value}"
+                results[arm] = f"version {ModelSpecView.FromString(answer).model_spec.version.value}"  # field 1 here
             except grpc.RpcError as error:
                 results[arm] = f"{error.code().name}: {error.details()}"
         ok = all(value.startswith("version ") for value in results.values())

@@ -3,6 +3,7 @@ router stops assigning users to a failing or slow canary, says so in a metric, a
 its health detail, and resumes only when the policy changes."""
 import json
 import logging
+import time
 
 import grpc
 import pytest
@@ -109,9 +110,9 @@ def test_failing_canary_is_aborted_until_the_policy_changes(start_model_server, 
     messages = [r.getMessage() for r in caplog.records]
     assert sum("fallback: request" in m for m in messages) == 6
     assert any(m.startswith("canary aborted for experiment abort-test") for m in messages)
-    router._schedule_health_update()
-    import time
-    time.sleep(0.5)
+    deadline = time.monotonic() + 5  # the abort refreshes health at once
+    while health_check(port, CANARY_HEALTH_SERVICE)[1]["canary_aborted"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     canary_status, detail = health_check(port, CANARY_HEALTH_SERVICE)
     assert canary_status == health_pb2.HealthCheckResponse.NOT_SERVING
     assert detail["canary_aborted"].startswith("canary error rate")
