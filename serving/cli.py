@@ -33,6 +33,35 @@ def register(subparsers) -> None:
     server.set_defaults(handler=run_model_server)
 
     router = subparsers.add_parser("router", help="canary router: PredictionService proxy choosing stable/canary per user")
+    add_router_arguments(router)
+    router.set_defaults(handler=run_router)
+
+    score = subparsers.add_parser("score", help="score candidates for one user over gRPC (Regress, ExampleListWithContext)")
+    score.add_argument("--target", required=True, help="HOST:PORT of the router or a model server")
+    score.add_argument("--domain", type=int, required=True, help="domain id")
+    score.add_argument("--user", required=True, help="user id")
+    score.add_argument("--items", required=True, help="comma-separated item ids")
+    score.add_argument("--features", help='JSON (or @FILE): {"context": {...}, "items": {"ITEM": {...}}}')
+    score.add_argument("--label", choices=("stable", "canary"), help="ask for this label instead of the router's choice")
+    score.add_argument("--model-name", default="crocodile")
+    score.add_argument("--tls", action="store_true", help="TLS to --target (system roots unless --tls-ca)")
+    score.add_argument("--tls-ca", help="PEM root certificates for --target (implies --tls)")
+    score.add_argument("--tls-server-name", help="name to check in the target's certificate")
+    score.add_argument("--token-file", help="send 'authorization: Bearer <first line of this file>'")
+    score.set_defaults(handler=run_score)
+
+    rollout = subparsers.add_parser("rollout", help="point the stable/canary labels at versions, safely")
+    rollout.add_argument("--config", required=True, help="model config file to rewrite")
+    rollout.add_argument("--stable", type=int, required=True, help="version for the stable label")
+    rollout.add_argument("--canary", type=int, required=True, help="version for the canary label")
+    rollout.add_argument("--server", help="HOST:PORT: load, move labels and prune through HandleReloadConfigRequest")
+    rollout.add_argument("--model-name", help="model to change (default: the only one in the file)")
+    rollout.add_argument("--wait-seconds", type=float, default=120.0, help="how long to wait for versions to load")
+    rollout.set_defaults(handler=run_rollout)
+
+
+def add_router_arguments(router) -> None:
+    """The router's flags: `crocodile router` and the router-only install's `crocodile-router`."""
     router.add_argument("--port", type=int, default=8600, help="gRPC port (0 picks a free one)")
     router.add_argument("--backend", required=True, help="HOST:PORT of TF Serving or the embedded model server")
     router.add_argument("--canary-backend", help="HOST:PORT serving the canary label, when not --backend")
@@ -59,30 +88,20 @@ def register(subparsers) -> None:
     router.add_argument("--backend-tls-server-name", help="name to check in the backends' certificates")
     router.add_argument("--auth-token-file", help="require metadata 'authorization: Bearer T' with T a line of "
                                                   "this file (health checks stay open)")
-    router.set_defaults(handler=run_router)
 
-    score = subparsers.add_parser("score", help="score candidates for one user over gRPC (Regress, ExampleListWithContext)")
-    score.add_argument("--target", required=True, help="HOST:PORT of the router or a model server")
-    score.add_argument("--domain", type=int, required=True, help="domain id")
-    score.add_argument("--user", required=True, help="user id")
-    score.add_argument("--items", required=True, help="comma-separated item ids")
-    score.add_argument("--features", help='JSON (or @FILE): {"context": {...}, "items": {"ITEM": {...}}}')
-    score.add_argument("--label", choices=("stable", "canary"), help="ask for this label instead of the router's choice")
-    score.add_argument("--model-name", default="crocodile")
-    score.add_argument("--tls", action="store_true", help="TLS to --target (system roots unless --tls-ca)")
-    score.add_argument("--tls-ca", help="PEM root certificates for --target (implies --tls)")
-    score.add_argument("--tls-server-name", help="name to check in the target's certificate")
-    score.add_argument("--token-file", help="send 'authorization: Bearer <first line of this file>'")
-    score.set_defaults(handler=run_score)
 
-    rollout = subparsers.add_parser("rollout", help="point the stable/canary labels at versions, safely")
-    rollout.add_argument("--config", required=True, help="model config file to rewrite")
-    rollout.add_argument("--stable", type=int, required=True, help="version for the stable label")
-    rollout.add_argument("--canary", type=int, required=True, help="version for the canary label")
-    rollout.add_argument("--server", help="HOST:PORT: load, move labels and prune through HandleReloadConfigRequest")
-    rollout.add_argument("--model-name", help="model to change (default: the only one in the file)")
-    rollout.add_argument("--wait-seconds", type=float, default=120.0, help="how long to wait for versions to load")
-    rollout.set_defaults(handler=run_rollout)
+def router_main(argv=None) -> int:
+    """`crocodile-router`: the router-only distribution's command (no TensorFlow installed)."""
+    import argparse
+    import sys
+    parser = argparse.ArgumentParser(prog="crocodile-router", description="Crocodile canary router")
+    add_router_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_router(args)
+    except UserError as error:
+        print(f"crocodile-router: error: {error}", file=sys.stderr)
+        return 2
 
 
 def _configure_logging():
