@@ -7,7 +7,9 @@ direct and via the router, measured in one run; the router's overhead as paired 
 Method (DESIGN section 9): the model server and the router run as separate `crocodile` processes
 (as deployed); the four variants (direct/router x 1/100 candidates) are interleaved within each
 round, after a warm-up round, over >= 5 rounds; reported numbers are medians over rounds, and the
-overhead is the median (and min/max) of the per-round router/direct ratios. The policy sends every
+overhead is the median (and min/max) of the per-round router/direct ratios and router-minus-direct
+differences (ms), with the router's goal (p50 overhead <= 0.5 ms, p99 overhead <= 1 ms, throughput
+ratio >= 0.9) checked on those medians. The policy sends every
 user to stable, so both paths run the same version.
 
   .venv/bin/python benchmarks/serving_latency.py [--model-base DIR] [--rounds 5]
@@ -171,6 +173,15 @@ def main():
             entry[f"{metric}_ratio_router_over_direct"] = {
                 "median": round(float(np.median(ratios)), 3), "min": round(float(ratios.min()), 3),
                 "max": round(float(ratios.max()), 3)}
+        for metric in ("p50_ms", "p99_ms"):
+            differences = np.array(routed[metric]) - np.array(direct[metric])
+            entry[f"{metric}_overhead_router_minus_direct"] = {
+                "median": round(float(np.median(differences)), 3), "min": round(float(differences.min()), 3),
+                "max": round(float(differences.max()), 3)}
+        entry["goal_met"] = {
+            "p50_overhead_le_0.5_ms": bool(entry["p50_ms_overhead_router_minus_direct"]["median"] <= 0.5),
+            "p99_overhead_le_1_ms": bool(entry["p99_ms_overhead_router_minus_direct"]["median"] <= 1.0),
+            "throughput_ratio_ge_0.9": bool(entry["throughput_rps_ratio_router_over_direct"]["median"] >= 0.9)}
         overhead[f"{n}_candidates"] = entry
     print(json.dumps({
         "benchmark": "serving_latency",

@@ -17,18 +17,21 @@ retried. The canary's calls feed the policy's circuit breaker (``canary_breaker`
 every user is assigned to stable until the policy changes (reload with a different file).
 GetModelMetadata is passed through; other PredictionService methods are UNIMPLEMENTED.
 
-The server is gRPC asyncio: one event loop thread handles every request (no thread hand-offs),
-backends get one channel each, metrics and the exposure log are written by the telemetry thread
+The server is gRPC's synchronous server: a request costs one hand-off (gRPC's polling thread to a
+handler thread), and the handler's blocking backend call polls its own completion queue. (grpc.aio
+was tried: its poller thread adds hand-offs each way, and a bare byte-forwarding hop measured
+~1 ms slower at p50 on this 2-core machine; see benchmarks/serving_latency.py.) Backends get one
+channel each, metrics and the exposure log are written by the telemetry thread
 (``router_telemetry``), and ``maximum_concurrent_rpcs`` bounds the requests in flight: beyond it
 gRPC answers RESOURCE_EXHAUSTED at once instead of queueing without bound.
 """
-import asyncio
 import dataclasses
 import json
 import logging
 import threading
 import time
 import uuid
+from concurrent import futures
 from typing import Dict, Optional
 
 import grpc
@@ -54,6 +57,7 @@ CLIENT_ARM = "client"  # the arm label of a client-chosen version (policy allow_
 DEFAULT_BACKEND_TIMEOUT_S = 10.0
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default receive limit
 DEFAULT_MAX_CONCURRENT_RPCS = 512
+DEFAULT_THREADS = 64
 DEFAULT_HEALTH_INTERVAL_S = 2.0
 # Reconnect quickly to a restarted backend (gRPC's default backoff grows to 120 s). Calls to stable,
 # the last resort, wait for a connection (up to the deadline); calls to the canary fail at once
@@ -120,9 +124,14 @@ class Router:
         self.health_detail: Dict[str, object] = {"experiment": policy.experiment, "labels": {},
                                                  "backends": dict(self.backends), "canary_aborted": None,
                                                  "policy": policy_path or "given"}
-        self.health = None  # the health servicer, made in the event loop
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._calls = {}  # (arm, method) -> aio multi-callable, made in the event loop
+        self.health = _DetailedHealthServicer(self)
+        for service in ("", SERVICE, CANARY_HEALTH_SERVICE):  # until the first probe has answered
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._health_wake = threading.Event()
+        self._health_stop = threading.Event()
+        self._health_thread = None
+        self._calls = {}  # (arm, method) -> multi-callable on that arm's backend channel
+        self._open_channels()
 
     @property
     def policy(self) -> CanaryPolicy:
@@ -158,30 +167,22 @@ class Router:
     def _on_abort(self, state: RouterState, reason: str) -> None:
         self._schedule_health_update()
 
-    # --- gRPC wiring (called in the event loop) -------------------------------------------
-    async def open_channels(self) -> None:
-        self._loop = asyncio.get_running_loop()
+    # --- gRPC wiring ----------------------------------------------------------------------
+    def _open_channels(self) -> None:
         channels = {}
         for arm, target in self.backends.items():
             if target not in channels:
                 options = list(self.message_options) + list(BACKEND_CHANNEL_OPTIONS)
                 if self.backend_tls is None:
-                    channels[target] = grpc.aio.insecure_channel(target, options=options)
+                    channels[target] = grpc.insecure_channel(target, options=options)
                 else:
                     if self.backend_tls.server_name:
                         options.append(("grpc.ssl_target_name_override", self.backend_tls.server_name))
                     credentials = grpc.ssl_channel_credentials(root_certificates=self.backend_tls.root_certificates)
-                    channels[target] = grpc.aio.secure_channel(target, credentials, options=options)
+                    channels[target] = grpc.secure_channel(target, credentials, options=options)
             for method in ("Predict", "Regress", "GetModelMetadata"):
                 self._calls[(arm, method)] = channels[target].unary_unary(f"/{SERVICE}/{method}")
         self._channels = list(channels.values())
-        self.health = _DetailedHealthServicer(self)
-        for service in ("", SERVICE, CANARY_HEALTH_SERVICE):  # until the first probe has answered
-            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-
-    async def close_channels(self) -> None:
-        for channel in getattr(self, "_channels", ()):
-            await channel.close()
 
     def handler(self) -> grpc.GenericRpcHandler:
         def raw(fn):  # bytes in, bytes out: the router parses only what it needs
@@ -190,11 +191,11 @@ class Router:
             "Predict": raw(self._predict), "Regress": raw(self._regress),
             "GetModelMetadata": raw(self._pass_through_metadata)})
 
-    async def _predict(self, body, context):
-        return await self._route("Predict", body, context, PredictRequestView, routing_keys.key_from_predict)
+    def _predict(self, body, context):
+        return self._route("Predict", body, context, PredictRequestView, routing_keys.key_from_predict)
 
-    async def _regress(self, body, context):
-        return await self._route("Regress", body, context, RegressionRequestView, routing_keys.key_from_regress)
+    def _regress(self, body, context):
+        return self._route("Regress", body, context, RegressionRequestView, routing_keys.key_from_regress)
 
     def _timeout(self, context) -> float:
         remaining = context.time_remaining()
@@ -205,7 +206,7 @@ class Router:
             raise status.ServingError(grpc.StatusCode.UNAUTHENTICATED,
                                       "missing or wrong 'authorization: Bearer <token>' metadata")
 
-    async def _pass_through_metadata(self, body, context):
+    def _pass_through_metadata(self, body, context):
         try:
             self._authorize(dict(context.invocation_metadata() or ()))
             try:
@@ -213,15 +214,15 @@ class Router:
             except DecodeError:
                 raise status.invalid_argument("request body is not a valid GetModelMetadataRequest") from None
             arm = CANARY if spec.version_label == CANARY else STABLE
-            return await self._calls[(arm, "GetModelMetadata")](body, timeout=self._timeout(context))
+            return self._calls[(arm, "GetModelMetadata")](body, timeout=self._timeout(context))
         except status.ServingError as error:
             code, details = error.code, error.message
         except grpc.RpcError as error:
             code, details = error.code(), error.details()
-        await context.abort(code, details)
+        context.abort(code, details)
 
     # --- routing -------------------------------------------------------------------------
-    async def _route(self, method: str, body: bytes, context, view_class, key_from_request) -> bytes:
+    def _route(self, method: str, body: bytes, context, view_class, key_from_request) -> bytes:
         started = time.perf_counter()
         state = self._state
         metadata = dict(context.invocation_metadata() or ())
@@ -231,15 +232,12 @@ class Router:
                   "version": None, "fallback": False, "status": "OK", "_state": state, "_canary_call": None}
         code = None
         try:
-            return await self._answer(method, body, context, view_class, key_from_request, metadata, request_id,
+            return self._answer(method, body, context, view_class, key_from_request, metadata, request_id,
                                       state, record)
         except status.ServingError as error:
             code, details = error.code, error.message
         except grpc.RpcError as error:  # the backend's answer, passed on unchanged
             code, details = error.code(), error.details()
-        except asyncio.CancelledError:  # the client went away or the server stops
-            record["status"] = grpc.StatusCode.CANCELLED.name
-            raise
         except Exception as error:  # a router bug: answer INTERNAL, keep serving, log it
             log.exception("routing %s failed", method)
             code, details = grpc.StatusCode.INTERNAL, f"router: {type(error).__name__}: {error}"
@@ -252,9 +250,9 @@ class Router:
             if self._hash_user is not None and record["user"] is not None:
                 record["user_hash"] = self._hash_user(record.pop("user"))
             self.telemetry.submit(record)
-        await context.abort(code, details)
+        context.abort(code, details)
 
-    async def _answer(self, method, body, context, view_class, key_from_request, metadata, request_id, state,
+    def _answer(self, method, body, context, view_class, key_from_request, metadata, request_id, state,
                       record) -> bytes:
         self._authorize(metadata)
         try:
@@ -285,25 +283,25 @@ class Router:
                                           f"version_label, or set allow_client_version: true in the policy")
             served = spec.version_label if spec.version_label in (STABLE, CANARY) else CLIENT_ARM
             record.update(assigned_arm=CLIENT_ARM, arm=CLIENT_ARM, served_arm=served)
-            response = await self._calls[(CANARY if served == CANARY else STABLE, method)](
+            response = self._calls[(CANARY if served == CANARY else STABLE, method)](
                 body, timeout=timeout, metadata=forward_metadata)
         else:
             assigned = CANARY if state.breaker.tripped is None and state.policy.is_canary(domain, user) else STABLE
             record.update(assigned_arm=assigned, arm=assigned, served_arm=assigned)
             if assigned == STABLE:
-                response = await self._calls[(STABLE, method)](body + _OVERRIDE[STABLE], timeout=timeout,
+                response = self._calls[(STABLE, method)](body + _OVERRIDE[STABLE], timeout=timeout,
                                                                metadata=forward_metadata, wait_for_ready=True)
             else:
-                response = await self._call_canary(method, body, timeout, forward_metadata, state, record)
+                response = self._call_canary(method, body, timeout, forward_metadata, state, record)
         version = ResponseView.FromString(response).model_spec.version.value
         record["version"] = version
         context.set_trailing_metadata(((ARM_HEADER, record["served_arm"]), (VERSION_HEADER, str(version))))
         return response
 
-    async def _call_canary(self, method, body, timeout, forward_metadata, state, record) -> bytes:
+    def _call_canary(self, method, body, timeout, forward_metadata, state, record) -> bytes:
         started = time.perf_counter()
         try:
-            response = await self._calls[(CANARY, method)](body + _OVERRIDE[CANARY], timeout=timeout,
+            response = self._calls[(CANARY, method)](body + _OVERRIDE[CANARY], timeout=timeout,
                                                            metadata=forward_metadata)
         except grpc.RpcError as error:
             failure = is_canary_failure(error)
@@ -313,20 +311,20 @@ class Router:
                 raise
             record.update(served_arm=STABLE, fallback=True, _canary_error=error.code().name,
                           canary_error=f"{error.code().name}: {error.details()}")
-            return await self._calls[(STABLE, method)](body + _OVERRIDE[STABLE], timeout=timeout,
+            return self._calls[(STABLE, method)](body + _OVERRIDE[STABLE], timeout=timeout,
                                                         metadata=forward_metadata, wait_for_ready=True)
         record["_canary_call"] = (False, (time.perf_counter() - started) * 1e3)
         return response
 
     # --- health --------------------------------------------------------------------------
-    async def probe_backends(self) -> None:
+    def probe_backends(self) -> None:
         """Sets grpc.health.v1: SERVING when the backend answers and both labels resolve."""
         results = {}
         for arm in (STABLE, CANARY):
             request = (length_delimited_field(1, ModelSpec(name=self.model_name, version_label=arm).SerializeToString())
                        + length_delimited_field(2, b"signature_def"))
             try:
-                answer = await self._calls[(arm, "GetModelMetadata")](request, timeout=min(2.0, self.backend_timeout_s))
+                answer = self._calls[(arm, "GetModelMetadata")](request, timeout=min(2.0, self.backend_timeout_s))
                 results[arm] = f"version {ModelSpecView.FromString(answer).model_spec.version.value}"  # field 1 here
             except grpc.RpcError as error:
                 results[arm] = f"{error.code().name}: {error.details()}"
@@ -340,22 +338,35 @@ class Router:
         self.health_detail = detail
         serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
         overall = serving if ok else not_serving
-        await self.health.set("", overall)
-        await self.health.set(SERVICE, overall)
+        if self._health_stop.is_set():  # shutting down: leave NOT_SERVING in place
+            return
+        self.health.set("", overall)
+        self.health.set(SERVICE, overall)
         canary_ok = results[CANARY].startswith("version ") and aborted is None
-        await self.health.set(CANARY_HEALTH_SERVICE, serving if canary_ok else not_serving)
+        self.health.set(CANARY_HEALTH_SERVICE, serving if canary_ok else not_serving)
 
     def _schedule_health_update(self) -> None:
-        if self._loop is not None and self.health is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.probe_backends()))
+        self._health_wake.set()
 
-    async def health_loop(self) -> None:
-        while True:
+    def _health_loop(self) -> None:
+        while not self._health_stop.is_set():
             try:
-                await self.probe_backends()
+                self.probe_backends()
             except Exception:  # keep probing; a probe bug must not kill health reporting
                 log.exception("health probe failed")
-            await asyncio.sleep(self.health_interval_s)
+            self._health_wake.wait(self.health_interval_s)
+            self._health_wake.clear()
+
+    def start_health(self) -> None:
+        self._health_thread = threading.Thread(target=self._health_loop, name="router-health", daemon=True)
+        self._health_thread.start()
+
+    def stop_health(self) -> None:
+        self._health_stop.set()
+        self._health_wake.set()
+        self.health.enter_graceful_shutdown()
+        if self._health_thread is not None:
+            self._health_thread.join(5.0)
 
     # --- lifecycle -----------------------------------------------------------------------
     def flush(self) -> None:
@@ -363,20 +374,23 @@ class Router:
         self.telemetry.flush()
 
     def close(self) -> None:
+        self.stop_health()
         self.telemetry.close()
+        for channel in self._channels:
+            channel.close()
 
 
-class _DetailedHealthServicer(health.aio.HealthServicer):
+class _DetailedHealthServicer(health.HealthServicer):
     """grpc.health.v1 with the router's reasons in trailing metadata (JSON)."""
 
     def __init__(self, router: Router):
         super().__init__()
         self._router = router
 
-    async def Check(self, request, context):
+    def Check(self, request, context):
         context.set_trailing_metadata(((HEALTH_DETAIL_HEADER, json.dumps(self._router.health_detail,
                                                                          sort_keys=True)),))
-        return await super().Check(request, context)
+        return super().Check(request, context)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -385,76 +399,34 @@ class ServerTls:
     private_key: bytes
 
 
-class RouterServer:
-    """The router's gRPC asyncio server on its own event-loop thread, driven from synchronous code
-    (the CLI, tests, the A/B simulator): ``start()``, ``stop(grace)`` -> an event to ``wait()`` on."""
-
-    def __init__(self, router: Router, port: int, host: str, max_concurrent_rpcs: Optional[int],
-                 tls: Optional[ServerTls]):
-        self.router = router
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="router-loop", daemon=True)
-        self._thread.start()
-        self._health_task = None
-        self.port = self._run(self._build(port, host, max_concurrent_rpcs, tls))
-
-    def _run(self, coroutine, timeout=None):
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
-
-    async def _build(self, port, host, max_concurrent_rpcs, tls) -> int:
-        await self.router.open_channels()
-        self._server = grpc.aio.server(options=self.router.message_options,
-                                       maximum_concurrent_rpcs=max_concurrent_rpcs)
-        self._server.add_generic_rpc_handlers((self.router.handler(),))
-        health_pb2_grpc.add_HealthServicer_to_server(self.router.health, self._server)
-        address = f"{host}:{port}"
-        if tls is None:
-            bound = self._server.add_insecure_port(address)
-        else:
-            credentials = grpc.ssl_server_credentials(((tls.private_key, tls.certificate_chain),))
-            bound = self._server.add_secure_port(address, credentials)
-        if bound == 0:
-            raise OSError(f"cannot listen on port {port}")
-        return bound
-
-    async def _start(self) -> None:
-        await self._server.start()
-        self._health_task = asyncio.ensure_future(self.router.health_loop())
-
-    def start(self) -> None:
-        self._run(self._start())
-
-    async def _stop(self, grace_s: float) -> None:
-        if self._health_task is not None:
-            self._health_task.cancel()
-        await self.router.health.enter_graceful_shutdown()
-        await self._server.stop(grace_s)  # refuses new calls, waits for in-flight ones up to grace_s
-        await self.router.close_channels()
-
-    def stop(self, grace_s: Optional[float]) -> threading.Event:
-        done = threading.Event()
-        if self._loop.is_closed():
-            done.set()
-            return done
-        future = asyncio.run_coroutine_threadsafe(self._stop(grace_s), self._loop)
-        future.add_done_callback(lambda _: (self._loop.call_soon_threadsafe(self._loop.stop), done.set()))
-        return done
-
-    def join(self, timeout_s: float) -> None:
-        self._thread.join(timeout_s)
-        if not self._thread.is_alive() and not self._loop.is_closed():
-            self._loop.close()
-
-
 def build_router_server(router: Router, port: int, host: str = "[::]",
                         max_concurrent_rpcs: Optional[int] = DEFAULT_MAX_CONCURRENT_RPCS,
-                        tls: Optional[ServerTls] = None):
-    server = RouterServer(router, port, host, max_concurrent_rpcs, tls)
-    return server, server.port
+                        tls: Optional[ServerTls] = None, threads: int = DEFAULT_THREADS):
+    """The router's gRPC server (not started) and its port. ``router.start_health`` runs on start."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="router"),
+                         options=router.message_options, maximum_concurrent_rpcs=max_concurrent_rpcs)
+    server.add_generic_rpc_handlers((router.handler(),))
+    health_pb2_grpc.add_HealthServicer_to_server(router.health, server)
+    address = f"{host}:{port}"
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, grpc.ssl_server_credentials(((tls.private_key,
+                                                                              tls.certificate_chain),)))
+    if bound == 0:
+        raise OSError(f"cannot listen on port {port}")
+    started = server.start
+
+    def start():
+        started()
+        router.start_health()
+    server.start = start
+    return server, bound
 
 
-def shutdown(server: RouterServer, router: Router, grace_s: float = 10.0) -> None:
-    """Graceful stop: refuse new calls, let in-flight ones finish, then write out every record."""
+def shutdown(server: grpc.Server, router: Router, grace_s: float = 10.0) -> None:
+    """Graceful stop: health NOT_SERVING, refuse new calls, let in-flight ones finish (up to
+    ``grace_s``), then write out every queued record and close the channels."""
+    router.stop_health()
     server.stop(grace_s).wait(grace_s + 5.0)
-    server.join(5.0)
     router.close()

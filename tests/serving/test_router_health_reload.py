@@ -41,6 +41,12 @@ def wait_for(predicate, timeout_s=10.0):
     return False
 
 
+def replace_file(path, text):
+    """Writes as an operator or a ConfigMap update does: a new file renamed over the old one."""
+    (path.parent / (path.name + ".new")).write_text(text)
+    os.replace(path.parent / (path.name + ".new"), path)
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -80,11 +86,11 @@ def test_file_change_reloads_atomically_and_bad_file_keeps_old(start_model_serve
     try:
         assert client.regress(1, "u1", candidates(1), context={"user_segment": "s", "user_region": "r"}).arm == "stable"
         with caplog.at_level(logging.INFO):
-            path.write_text(POLICY_YAML.replace("0.0", "1.0"))
+            replace_file(path, POLICY_YAML.replace("0.0", "1.0"))
             assert wait_for(lambda: router.policy.default_canary_share == 1.0)
             assert client.regress(1, "u1", candidates(1), context={"user_segment": "s", "user_region": "r"}).arm \
                 == "canary"
-            path.write_text(POLICY_YAML.replace("0.0", "1.0") + "domains: {2: 7}\n")  # share out of [0, 1]
+            replace_file(path, POLICY_YAML.replace("0.0", "1.0") + "domains: {2: 7}\n")  # share out of [0, 1]
             assert wait_for(lambda: any("policy reload rejected" in r.getMessage() for r in caplog.records))
         assert router.policy.default_canary_share == 1.0 and router.policy.domains == {}
         messages = [r.getMessage() for r in caplog.records]

@@ -105,7 +105,9 @@ def test_router_routes_without_tensorflow(start_model_server, config_path):
     assert report["arm"] == report["expected_arm"]
     assert report["version"] == {"stable": STABLE_VERSION, "canary": CANARY_VERSION}[report["arm"]]
     assert report["score_count"] == 1
-    imported = {name.lower().replace("_", "-") for name in report["distributions"]} - {"crocodile-ranking"}
+    # The project itself (installed editable as crocodile-ranking, or as crocodile-router) is not a dependency.
+    imported = {name.lower().replace("_", "-") for name in report["distributions"]} - {"crocodile-ranking",
+                                                                                       "crocodile-router"}
     assert imported <= router_runtime(), imported - router_runtime()
     assert {"grpcio", "protobuf", "grpcio-health-checking", "prometheus-client"} <= imported
 
