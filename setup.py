@@ -37,6 +37,9 @@ RUNTIME = [
     "prometheus-client>=0.17",
     "tqdm>=4.60",
     "google-crc32c>=1.5",  # TFRecord framing in simulation/log_writers.py
+    # grpc.health.v1 on the servers. 1.48.2: the newest release that runs on protobuf 3.20 (later
+    # ones need protobuf >= 4/5/6); matches the installed grpcio-status 1.48.2 of the pinned stack.
+    "grpcio-health-checking==1.48.2",
 ]
 
 SUBPACKAGES = {
