@@ -32,7 +32,8 @@ import kfp_launcher  # noqa: E402
 pytestmark = pytest.mark.slow
 
 SMALL_HPARAMS = {"embedding_dim": 8, "num_embedding_sets": 2, "expert_units": [16], "tower_units": [8],
-                 "prior_embedding_dim": 8, "batch_size": 256, "epochs": 2}
+                 "prior_embedding_dim": 8, "batch_size": 256, "epochs": 2,
+                 "learning_rate": 0.01}
 BEAM_ARGS = ["--beam-arg=--direct_running_mode=in_memory", "--beam-arg=--direct_num_workers=1"]
 UPSTREAM = ("CsvExampleGen", "StatisticsGen", "SchemaGen", "CuratedSchemaGen", "ExampleValidator",
             "AnomaliesGate", "Transform")

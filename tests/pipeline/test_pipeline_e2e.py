@@ -29,7 +29,8 @@ from crocodile.serving.examples import make_example
 pytestmark = pytest.mark.slow
 
 SMALL_HPARAMS = {"embedding_dim": 8, "num_embedding_sets": 2, "expert_units": [16], "tower_units": [8],
-                 "prior_embedding_dim": 8, "batch_size": 256, "epochs": 2}
+                 "prior_embedding_dim": 8, "batch_size": 256, "epochs": 2,
+                 "learning_rate": 0.01}
 # In-process Beam: on two shared cores, starting Beam worker processes for each of the
 # five Beam components costs minutes for these few rows. The multi-processing default
 # runs in benchmarks/pipeline.py and `make demo`.
