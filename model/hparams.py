@@ -84,6 +84,26 @@ class HParams:
         return dataclasses.asdict(self)
 
 
+DISENTANGLE_SAMPLINGS = ("uniform", "stratified")
+DISENTANGLE_INPUTS = ("outputs", "pre_activations")
+
+
+def check_training_options(hparams: HParams) -> None:
+    """Clear errors for Crocodile's training-only options before any graph is built."""
+    if hparams.disentangle_sampling not in DISENTANGLE_SAMPLINGS:
+        raise ValueError(f"disentangle_sampling must be one of {DISENTANGLE_SAMPLINGS}, "
+                         f"got {hparams.disentangle_sampling!r}")
+    if hparams.disentangle_input not in DISENTANGLE_INPUTS:
+        raise ValueError(f"disentangle_input must be one of {DISENTANGLE_INPUTS}, got {hparams.disentangle_input!r}")
+    if hparams.disentangle_rows == 1 or hparams.disentangle_rows < 0:
+        raise ValueError(f"disentangle_rows must be 0 (whole batch) or >= 2, got {hparams.disentangle_rows}")
+    if hparams.disentangle_warmup_steps < 0:
+        raise ValueError(f"disentangle_warmup_steps must be >= 0, got {hparams.disentangle_warmup_steps}")
+    for name in ("variance_hinge_weight", "gate_shrinkage", "embedding_l2"):
+        if getattr(hparams, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(hparams, name)}")
+
+
 # Per-model overrides of the defaults (the ME baselines use M = S sets: one per domain).
 MODEL_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "crocodile": {},
@@ -104,5 +124,7 @@ def resolve(name: str, hparams: Optional[Any] = None) -> HParams:
         if unknown:
             raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)}")
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in hparams.items()}
-        return base.replace(**values)
+        resolved = base.replace(**values)
+        check_training_options(resolved)
+        return resolved
     raise TypeError(f"hparams must be HParams, a dict or None, not {type(hparams).__name__}")

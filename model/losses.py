@@ -122,9 +122,6 @@ def disentangle_loss(name: str) -> Callable[[tf.Tensor], tf.Tensor]:
     return DISENTANGLE_LOSSES[name]
 
 
-SAMPLINGS = ("uniform", "stratified")
-
-
 def sample_rows(tensor: tf.Tensor, num_rows: int, seed=None) -> tf.Tensor:
     """Up to `num_rows` rows drawn without replacement (all rows when the batch is smaller;
     num_rows = 0 means every row)."""

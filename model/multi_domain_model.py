@@ -11,28 +11,13 @@ from typing import Optional
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from crocodile.model.hparams import EXPERT_OUTPUTS, EXPERT_PRE_ACTIVATIONS, LOGIT, PROBABILITY, HParams
+from crocodile.model.hparams import (EXPERT_OUTPUTS, EXPERT_PRE_ACTIVATIONS, LOGIT, PROBABILITY, HParams,
+                                     check_training_options)
 from crocodile.model.inputs import domain_ids
-from crocodile.model.losses import (SAMPLINGS, disentangle_loss, per_domain_bce, sample_rows, standardise_units,
+from crocodile.model.losses import (disentangle_loss, per_domain_bce, sample_rows, standardise_units,
                                     stratified_row_indices, variance_hinge)
 
 DISENTANGLE_INPUTS = {"outputs": EXPERT_OUTPUTS, "pre_activations": EXPERT_PRE_ACTIVATIONS}
-
-
-def check_training_options(hparams: HParams) -> None:
-    """Clear errors for the training-only options before any graph is built."""
-    if hparams.disentangle_sampling not in SAMPLINGS:
-        raise ValueError(f"disentangle_sampling must be one of {SAMPLINGS}, got {hparams.disentangle_sampling!r}")
-    if hparams.disentangle_input not in DISENTANGLE_INPUTS:
-        raise ValueError(f"disentangle_input must be one of {tuple(DISENTANGLE_INPUTS)}, "
-                         f"got {hparams.disentangle_input!r}")
-    if hparams.disentangle_rows == 1 or hparams.disentangle_rows < 0:
-        raise ValueError(f"disentangle_rows must be 0 (whole batch) or >= 2, got {hparams.disentangle_rows}")
-    if hparams.disentangle_warmup_steps < 0:
-        raise ValueError(f"disentangle_warmup_steps must be >= 0, got {hparams.disentangle_warmup_steps}")
-    for name in ("variance_hinge_weight", "gate_shrinkage", "embedding_l2"):
-        if getattr(hparams, name) < 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(hparams, name)}")
 
 
 class MultiDomainModel(tfrs.Model):
