@@ -260,6 +260,7 @@ def run(data_dir: str, out_dir: str, rows: List[int], lambdas: List[float], seed
             log.info("seed %d/%d: %s", seed + 1, seeds, name)
             result = train_one("crocodile", seed, data, feature_config, vocab, {**(hparams or {}), **overrides},
                                epochs, scored="validation", diagnostic_rows=None)
+            result.pop("eval_probabilities", None)          # validation predictions: not kept
             result["setting"] = name
             log.info("  val AUC %.4f gAUC %.4f, dead %.2f, val cov %.4f in %.0fs", result["metrics"]["overall"]["auc"],
                      result["metrics"]["overall"]["gauc"], np.mean(result["diagnostics"]["experts"]["dead_fraction"]),
