@@ -45,7 +45,7 @@ RUNTIME = [
     "prometheus-client>=0.17",
     "tqdm>=4.60",
     "google-crc32c>=1.5",  # TFRecord framing in simulation/log_writers.py
-    # grpc.health.v1 for the router. Not pinned to grpcio's own version (1.85.x): health-checking
+    # grpc.health.v1 for the router and the model server. Not pinned to grpcio's own version (1.85.x): health-checking
     # releases since 1.49 need protobuf >= 4 (1.85: protobuf 6+), and the TF 2.16 stack pins protobuf
     # 3.20.3. 1.48.2 matches grpcio-status 1.48.2 already in this stack and works with any grpcio >= 1.48.2.
     "grpcio-health-checking==1.48.2",

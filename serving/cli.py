@@ -20,16 +20,28 @@ def register(subparsers) -> None:
     server.add_argument("--model_config_file", required=True, help="text ModelServerConfig (model_config_list)")
     server.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0,
                         help="re-read the config file this often (0: never), as TF Serving does")
-    server.add_argument("--enable_batching", action="store_true", help="batch concurrent requests")
+    server.add_argument("--file_system_poll_wait_seconds", type=int, default=1,
+                        help="poll each model's base path for new versions this often (0: once at start)")
+    server.add_argument("--max_num_load_retries", type=int, default=5,
+                        help="retries of a failed version load before it is reported END with its error")
+    server.add_argument("--load_retry_interval_micros", type=int, default=60 * 1000 * 1000,
+                        help="wait between load retries")
+    server.add_argument("--enable_model_warmup", type=_bool_flag, default=True, nargs="?", const=True,
+                        help="replay assets.extra/tf_serving_warmup_requests at load (default true)")
+    server.add_argument("--num_request_iterations_for_warmup", type=int, default=0,
+                        help="replays per warmup record (used when > 0; else 1)")
+    server.add_argument("--enable_batching", type=_bool_flag, default=False, nargs="?", const=True,
+                        help="batch concurrent requests")
     server.add_argument("--batching_parameters_file", help="text BatchingParameters (needs --enable_batching)")
-    server.add_argument("--allow_version_labels_for_unavailable_models", action="store_true",
+    server.add_argument("--allow_version_labels_for_unavailable_models", type=_bool_flag, default=False,
+                        nargs="?", const=True,
                         help="let new labels point at versions that are not loaded yet (needed at start-up)")
+    server.add_argument("--enable_grpc_healthcheck_service", type=_bool_flag, default=False, nargs="?",
+                        const=True, help="serve grpc.health.v1.Health (ModelService, PredictionService)")
     server.add_argument("--grpc_channel_arguments", default="",
                         help="comma-separated key=value gRPC server options, e.g. grpc.max_receive_message_length=65536")
-    server.add_argument("--grpc_max_threads", type=int, default=64, help="gRPC handler threads")
-    server.add_argument("--max_request_examples", type=int, default=None,
-                        help="embedded server only: reject requests with more examples when batching is off "
-                             "(with batching, max_batch_size is the limit, as in TF Serving)")
+    server.add_argument("--grpc_max_threads", type=int, default=None,
+                        help="gRPC handler threads (default 4 x CPUs, as TF Serving)")
     server.set_defaults(handler=run_model_server)
 
     router = subparsers.add_parser("router", help="canary router: PredictionService proxy choosing stable/canary per user")
@@ -104,6 +116,16 @@ def router_main(argv=None) -> int:
         return 2
 
 
+def _bool_flag(text: str) -> bool:
+    """TF Serving's boolean flags: --flag, --flag=true, --flag=false."""
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
 def _configure_logging():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -126,7 +148,7 @@ def _wait_for_signal(on_hangup=None) -> str:
 
 def _poll_config(core, path, every_s, stop: threading.Event):
     from crocodile.serving import model_config, status
-    last = None
+    last = core.config
     while not stop.wait(every_s):
         try:
             config = model_config.read_model_config(path)
@@ -141,11 +163,14 @@ def run_model_server(args) -> int:
     _configure_logging()
     from crocodile.serving import model_config, status, tf_serving_protos
     from crocodile.serving.batching import BatchingOptions
-    from crocodile.serving.model_server import build_server, parse_grpc_channel_arguments
+    from crocodile.serving.model_server import DEFAULT_GRPC_MAX_THREADS, build_server, parse_grpc_channel_arguments
     from crocodile.serving.server_core import ServerCore
 
     if args.batching_parameters_file and not args.enable_batching:
         raise UserError("--batching_parameters_file is set without setting --enable_batching")
+    if args.file_system_poll_wait_seconds < 0:
+        raise UserError("--file_system_poll_wait_seconds: negative values disable polling; TF Serving reserves "
+                        "them for its tests (the server would wait forever for a first version)")
     batching = None
     if args.enable_batching:
         try:
@@ -158,18 +183,25 @@ def run_model_server(args) -> int:
         grpc_options = parse_grpc_channel_arguments(args.grpc_channel_arguments)
     except ValueError as error:
         raise UserError(str(error)) from None
-    core = ServerCore(args.allow_version_labels_for_unavailable_models)
     config = model_config.read_model_config(args.model_config_file)
+    core = ServerCore(args.allow_version_labels_for_unavailable_models,
+                      file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+                      max_num_load_retries=args.max_num_load_retries,
+                      load_retry_interval_micros=args.load_retry_interval_micros,
+                      enable_model_warmup=args.enable_model_warmup,
+                      num_request_iterations_for_warmup=args.num_request_iterations_for_warmup)
     try:
         core.reload_config(config)
     except status.ServingError as error:
+        core.stop()
         hint = ""
         if error.code.name == "FAILED_PRECONDITION" and not args.allow_version_labels_for_unavailable_models:
             hint = (" (as in TF Serving, labels in the first config are checked before any version has loaded: "
                     "start with --allow_version_labels_for_unavailable_models, as docker/Dockerfile.serving does)")
         raise UserError(f"--model_config_file {args.model_config_file}: {error.code.name}: {error.message}{hint}") from None
-    server, port, scheduler = build_server(core, args.port, batching, args.max_request_examples,
-                                           grpc_options, args.grpc_max_threads)
+    server, port, scheduler = build_server(core, args.port, batching, grpc_options,
+                                           args.grpc_max_threads or DEFAULT_GRPC_MAX_THREADS,
+                                           enable_grpc_healthcheck_service=args.enable_grpc_healthcheck_service)
     server.start()
     print(f"model server listening on port {port}", flush=True)
     stop_polling = threading.Event()
@@ -179,9 +211,12 @@ def run_model_server(args) -> int:
     name = _wait_for_signal()
     print(f"{name}: draining", flush=True)
     stop_polling.set()
+    if getattr(server, "health_servicer", None) is not None:
+        server.health_servicer.enter_graceful_shutdown()
     server.stop(SHUTDOWN_GRACE_S).wait()
     if scheduler is not None:
         scheduler.stop()
+    core.stop()
     return 0
 
 
