@@ -195,19 +195,25 @@ def _pipeline_run(model: str, flags: list, outcome_path: str) -> dict:
 
 
 def _blessing_lines(outcome: dict) -> list:
-    """The gate's per-domain decisions when the run records them, else TFMA's AUC lines and failed checks.
+    """The blessing gate's per-slice lines and reasons, read by key from the run's outcome JSON.
 
-    Read by key, whatever is present: ``domains`` or ``domain_decisions`` (a list of
-    objects, shown key=value), ``auc_by_slice`` and ``validation_failures`` (lists of
-    strings), ``reasons`` (a list of strings).
+    ``decision`` (the gate's blessing.json: ``overall``, ``domains``, ``reasons``) is shown
+    with crocodile.pipeline.model_compare.summary_lines; without it, whatever is present
+    of ``auc_by_slice``, ``validation_failures`` and ``reasons`` (lists of strings).
     """
+    decision = outcome.get("decision") or {}
     lines = []
-    for entry in outcome.get("domains") or outcome.get("domain_decisions") or []:
-        lines.append(", ".join(f"{k}={v}" for k, v in entry.items()) if isinstance(entry, dict) else str(entry))
+    if isinstance(decision.get("domains"), dict) and "overall" in decision:
+        from crocodile.pipeline.model_compare import summary_lines
+
+        try:
+            lines += summary_lines(decision)
+        except (KeyError, TypeError, ValueError):
+            lines = []
     if not lines:
         lines += [str(line) for line in outcome.get("auc_by_slice") or []]
     lines += [f"failed check: {line}" for line in outcome.get("validation_failures") or []]
-    lines += [f"reason: {line}" for line in outcome.get("reasons") or []]
+    lines += [f"reason: {line}" for line in decision.get("reasons") or outcome.get("reasons") or []]
     return lines
 
 
