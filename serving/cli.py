@@ -51,14 +51,7 @@ def register(subparsers) -> None:
     server.set_defaults(handler=run_model_server)
 
     router = subparsers.add_parser("router", help="canary router: PredictionService proxy choosing stable/canary per user")
-    router.add_argument("--port", type=int, default=8600, help="gRPC port (0 picks a free one)")
-    router.add_argument("--backend", required=True, help="HOST:PORT of TF Serving or the embedded model server")
-    router.add_argument("--policy", required=True, help="canary policy YAML (see serving/config/canary_policy.yaml)")
-    router.add_argument("--exposure-log", help="append one JSON line per request to this file")
-    router.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this HTTP port")
-    router.add_argument("--model-name", default="crocodile", help="the model this router serves")
-    router.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024,
-                        help="largest request/response accepted (gRPC RESOURCE_EXHAUSTED beyond)")
+    add_router_arguments(router)
     router.set_defaults(handler=run_router)
 
     score = subparsers.add_parser("score", help="score candidates for one user over gRPC (Regress, ExampleListWithContext)")
@@ -69,6 +62,10 @@ def register(subparsers) -> None:
     score.add_argument("--features", help='JSON (or @FILE): {"context": {...}, "items": {"ITEM": {...}}}')
     score.add_argument("--label", choices=("stable", "canary"), help="ask for this label instead of the router's choice")
     score.add_argument("--model-name", default="crocodile")
+    score.add_argument("--tls", action="store_true", help="TLS to --target (system roots unless --tls-ca)")
+    score.add_argument("--tls-ca", help="PEM root certificates for --target (implies --tls)")
+    score.add_argument("--tls-server-name", help="name to check in the target's certificate")
+    score.add_argument("--token-file", help="send 'authorization: Bearer <first line of this file>'")
     score.set_defaults(handler=run_score)
 
     rollout = subparsers.add_parser("rollout", help="point the stable/canary labels at versions, safely")
@@ -79,6 +76,50 @@ def register(subparsers) -> None:
     rollout.add_argument("--model-name", help="model to change (default: the only one in the file)")
     rollout.add_argument("--wait-seconds", type=float, default=120.0, help="how long to wait for versions to load")
     rollout.set_defaults(handler=run_rollout)
+
+
+def add_router_arguments(router) -> None:
+    """The router's flags: `crocodile router` and the router-only install's `crocodile-router`."""
+    router.add_argument("--port", type=int, default=8600, help="gRPC port (0 picks a free one)")
+    router.add_argument("--backend", required=True, help="HOST:PORT of TF Serving or the embedded model server")
+    router.add_argument("--canary-backend", help="HOST:PORT serving the canary label, when not --backend")
+    router.add_argument("--policy", required=True, help="canary policy YAML (see serving/config/canary_policy.yaml); "
+                                                        "reloaded on SIGHUP and when the file changes")
+    router.add_argument("--policy-poll-seconds", type=float, default=2.0,
+                        help="check the policy file for changes this often (0: only on SIGHUP)")
+    router.add_argument("--exposure-log", help="append one JSON line per request to this file")
+    router.add_argument("--log-user-id-salt-file", help="log an HMAC-SHA256 of the user id keyed with this file's "
+                                                        "content ('user_hash') instead of the raw id")
+    router.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this HTTP port")
+    router.add_argument("--model-name", default="crocodile", help="the model this router serves")
+    router.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024,
+                        help="largest request/response accepted (gRPC RESOURCE_EXHAUSTED beyond)")
+    router.add_argument("--max-concurrent-rpcs", type=int, default=512,
+                        help="requests in flight at most; beyond, RESOURCE_EXHAUSTED at once (no unbounded queue)")
+    router.add_argument("--health-interval-seconds", type=float, default=2.0,
+                        help="how often grpc.health.v1 status is refreshed from the backends")
+    router.add_argument("--tls-cert", help="PEM certificate chain: serve TLS on --port (needs --tls-key)")
+    router.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    router.add_argument("--backend-tls", action="store_true", help="TLS to the backends (system roots unless "
+                                                                   "--backend-tls-ca)")
+    router.add_argument("--backend-tls-ca", help="PEM root certificates for the backends (implies --backend-tls)")
+    router.add_argument("--backend-tls-server-name", help="name to check in the backends' certificates")
+    router.add_argument("--auth-token-file", help="require metadata 'authorization: Bearer T' with T a line of "
+                                                  "this file (health checks stay open)")
+
+
+def router_main(argv=None) -> int:
+    """`crocodile-router`: the router-only distribution's command (no TensorFlow installed)."""
+    import argparse
+    import sys
+    parser = argparse.ArgumentParser(prog="crocodile-router", description="Crocodile canary router")
+    add_router_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_router(args)
+    except UserError as error:
+        print(f"crocodile-router: error: {error}", file=sys.stderr)
+        return 2
 
 
 def _bool_flag(text: str) -> bool:
@@ -95,8 +136,8 @@ def _configure_logging():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _wait_for_signal() -> str:
-    """Blocks until SIGTERM or SIGINT; returns the signal's name."""
+def _wait_for_signal(on_hangup=None) -> str:
+    """Blocks until SIGTERM or SIGINT; returns the signal's name. SIGHUP calls ``on_hangup``."""
     received = []
     stop = threading.Event()
 
@@ -105,6 +146,8 @@ def _wait_for_signal() -> str:
         stop.set()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if on_hangup is not None:
+        signal.signal(signal.SIGHUP, lambda number, frame: on_hangup())
     stop.wait()
     return received[0]
 
@@ -209,21 +252,39 @@ def run_model_server(args) -> int:
 def run_router(args) -> int:
     _configure_logging()
     from crocodile.serving.policy import CanaryPolicy
-    from crocodile.serving.router import Router, build_router_server, shutdown
+    from crocodile.serving.policy_watch import PolicyWatcher
+    from crocodile.serving.router import BackendTls, Router, ServerTls, build_router_server, shutdown
+    from crocodile.serving.router_security import read_bytes, read_tokens
 
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UserError("--tls-cert and --tls-key go together")
+    tls = ServerTls(read_bytes(args.tls_cert, "--tls-cert"), read_bytes(args.tls_key, "--tls-key")) \
+        if args.tls_cert else None
+    backend_tls = None
+    if args.backend_tls or args.backend_tls_ca:
+        backend_tls = BackendTls(read_bytes(args.backend_tls_ca, "--backend-tls-ca"), args.backend_tls_server_name)
+    if args.max_concurrent_rpcs < 1:
+        raise UserError(f"--max-concurrent-rpcs must be >= 1, got {args.max_concurrent_rpcs}")
     policy = CanaryPolicy.load(args.policy)
     router = Router(args.backend, policy, model_name=args.model_name, exposure_log=args.exposure_log,
-                    max_message_bytes=args.max_message_bytes)
-    server, port = build_router_server(router, args.port)
+                    max_message_bytes=args.max_message_bytes, canary_backend=args.canary_backend,
+                    backend_tls=backend_tls, auth_tokens=read_tokens(args.auth_token_file),
+                    user_id_salt=read_bytes(args.log_user_id_salt_file, "--log-user-id-salt-file"),
+                    policy_path=args.policy, health_interval_s=args.health_interval_seconds)
+    server, port = build_router_server(router, args.port, max_concurrent_rpcs=args.max_concurrent_rpcs, tls=tls)
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
         start_http_server(args.metrics_port, registry=router.metrics.registry)
     server.start()
-    print(f"router listening on port {port}, backend {args.backend}, experiment {policy.experiment}", flush=True)
-    name = _wait_for_signal()
+    watcher = PolicyWatcher(router, args.policy, args.policy_poll_seconds).start()
+    print(f"router listening on port {port}{' (TLS)' if tls else ''}, backend {args.backend}"
+          f"{', canary backend ' + args.canary_backend if args.canary_backend else ''}, "
+          f"experiment {policy.experiment}", flush=True)
+    name = _wait_for_signal(on_hangup=watcher.trigger)
     print(f"{name}: draining in-flight requests", flush=True)
+    watcher.stop()
     shutdown(server, router, SHUTDOWN_GRACE_S)
-    print("router stopped; exposure log flushed", flush=True)
+    print(f"router stopped; exposure log flushed ({router.telemetry.lines_written} lines)", flush=True)
     return 0
 
 
@@ -253,7 +314,17 @@ def run_score(args) -> int:
         raise UserError("--items: give at least one item id")
     context, item_features = _read_features(args.features)
     candidates = [dict(item_features.get(item, {}), **{ITEM_KEY: item}) for item in items]
-    with ScoringClient(args.target, model_name=args.model_name) as client:
+    root_certificates = None
+    if args.tls_ca:
+        from crocodile.serving.router_security import read_bytes
+        root_certificates = read_bytes(args.tls_ca, "--tls-ca")
+    token = None
+    if args.token_file:
+        from crocodile.serving.router_security import read_tokens
+        token = sorted(read_tokens(args.token_file))[0]
+    with ScoringClient(args.target, model_name=args.model_name, tls=bool(args.tls or args.tls_ca),
+                       root_certificates=root_certificates, tls_server_name=args.tls_server_name,
+                       token=token) as client:
         try:
             result = client.regress(args.domain, args.user, candidates, context=context, label=args.label)
         except grpc.RpcError as error:

@@ -70,13 +70,13 @@ def start_model_server():
 
 @pytest.fixture
 def start_router():
-    """start(backend_port, policy, exposure_log=None, **kwargs) -> (port, router)."""
+    """start(backend_port, policy, exposure_log=None, max_concurrent_rpcs=None, **router_kwargs) -> (port, router)."""
     from crocodile.serving.router import Router, build_router_server, shutdown
     started = []
 
-    def start(backend_port, policy, exposure_log=None, **kwargs):
+    def start(backend_port, policy, exposure_log=None, max_concurrent_rpcs=None, **kwargs):
         router = Router(f"127.0.0.1:{backend_port}", policy, exposure_log=exposure_log, **kwargs)
-        server, port = build_router_server(router, 0, host="127.0.0.1")
+        server, port = build_router_server(router, 0, host="127.0.0.1", max_concurrent_rpcs=max_concurrent_rpcs)
         server.start()
         started.append((server, router))
         return port, router
