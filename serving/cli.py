@@ -183,6 +183,20 @@ def tensorflow_parallelism(session: int, intra: int, inter: int):
     return (session, session) if session > 0 else (STAND_IN_OP_THREADS, STAND_IN_OP_THREADS)
 
 
+def _set_op_threads(intra: int, inter: int) -> None:
+    """Sets TensorFlow's op thread pools; a process that already ran TensorFlow keeps its own."""
+    import tensorflow as tf
+    threading_config = tf.config.threading
+    if (threading_config.get_intra_op_parallelism_threads(), threading_config.get_inter_op_parallelism_threads()) \
+            == (intra, inter):
+        return
+    try:
+        threading_config.set_intra_op_parallelism_threads(intra)
+        threading_config.set_inter_op_parallelism_threads(inter)
+    except RuntimeError as error:  # only when started in-process after TensorFlow ran (tests)
+        logging.getLogger(__name__).warning("op threads stay as they are: %s", error)
+
+
 def run_model_server(args) -> int:
     _configure_logging()
     from crocodile.serving import model_config, status, tf_serving_protos
@@ -209,9 +223,7 @@ def run_model_server(args) -> int:
         raise UserError(str(error)) from None
     intra, inter = tensorflow_parallelism(args.tensorflow_session_parallelism, args.tensorflow_intra_op_parallelism,
                                           args.tensorflow_inter_op_parallelism)
-    import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(intra)
-    tf.config.threading.set_inter_op_parallelism_threads(inter)
+    _set_op_threads(intra, inter)
     config = model_config.read_model_config(args.model_config_file)
     core = ServerCore(args.allow_version_labels_for_unavailable_models,
                       file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
