@@ -105,10 +105,10 @@ def rows_from_warmup(export_dir: str):
     return rows
 
 
-def launch_server(config_path: str, log_path: str):
+def launch_server(config_path: str, log_path: str, extra_args=()):
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "crocodile", "model-server", "--port", str(port),
-                                "--model_config_file", config_path], stdout=open(log_path, "w"),
+                                "--model_config_file", config_path, *extra_args], stdout=open(log_path, "w"),
                                stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -136,6 +136,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=200, help="sequential requests per sample")
     parser.add_argument("--work-dir", help="keep the small export here and reuse it on the next run")
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="extra model-server flag, e.g. --server-arg=--tensorflow_session_parallelism=2")
     args = parser.parse_args()
 
     import grpc
@@ -170,7 +172,7 @@ def main():
     model = tf.saved_model.load(export_dir)
     serving_default = model.signatures["serving_default"]
     log("starting crocodile model-server")
-    server, port = launch_server(config_path, os.path.join(work, "server.log"))
+    server, port = launch_server(config_path, os.path.join(work, "server.log"), args.server_arg)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
@@ -239,6 +241,7 @@ def main():
                   "client": "one sequential gRPC client in this process (requests prebuilt)",
                   "cpu_count": os.cpu_count(),
                   "machine": "cores shared with other work; absolute numbers are noisy, paired differences less so"},
+        "server_args": args.server_arg,
         "results": results,
         "server_overhead": overhead,
     }, indent=2))
