@@ -42,8 +42,8 @@ def register(subparsers) -> None:
     offline.add_argument("--report", required=True, help="output folder for report.json/.md and plots")
     offline.add_argument("--aa", action="store_true", help="A/A test: the stable model in both arms")
     offline.add_argument("--cuped-impressions", type=int, default=0,
-                         help="simulate this many pre-period impressions (stable model for all) and CUPED-adjust "
-                              "clicks/user and GMV/user with them (default 0: off)")
+                         help="simulate this many pre-period impressions (ranked for everyone as "
+                              "--pre-period-ranker says) and CUPED-adjust every metric with them (default 0: off)")
     offline.add_argument("--pre-period-ranker", choices=("logging-policy", "stable"), default="logging-policy",
                          help="who ranks the CUPED pre-period: the world's logging policy (the production ranking "
                               "that wrote the training logs; no model evaluations, default) or the stable model "

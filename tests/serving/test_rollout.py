@@ -53,7 +53,9 @@ def test_label_move_takes_effect_without_restart(tmp_path, three_versions, start
     # As in production (docker/): labels at start-up need the flag; a MOVE to an unloaded version
     # is refused even with it, so the rollout must still load first.
     backend, core = start_model_server(path, allow_unavailable_labels=True)
-    everyone_canary = CanaryPolicy.from_dict({"experiment": "r", "salt": "s", "default_canary_share": 1.0})
+    # allow_client_version: the last check asks for the stable label explicitly.
+    everyone_canary = CanaryPolicy.from_dict({"experiment": "r", "salt": "s", "default_canary_share": 1.0,
+                                              "allow_client_version": True})
     port, _ = start_router(backend, everyone_canary)
     client = ScoringClient(f"127.0.0.1:{port}")
     assert client.regress(0, "u1", candidates(2), context=CONTEXT).version == CANARY_VERSION

@@ -170,6 +170,7 @@ def test_backend_restarted_mid_load(start_router, config_path):
     finally:
         for again, _ in restarted:
             again.stop(0).wait()
+        core.stop()
     print(f"backend restarted: {ok} answered, {len(errors)} failed ({sorted(set(errors))})")
     assert restarted and ok > 0
     # Stable calls wait for the reconnection (bounded by the deadline); canary calls fail over to it.
