@@ -119,3 +119,13 @@ def test_model_server_refuses_labels_at_start_without_the_flag_as_tf_serving(con
     assert crocodile_main(["model-server", "--port", "0", "--model_config_file", config_path,
                            "--batching_parameters_file", config_path]) == 2
     assert "--enable_batching" in capsys.readouterr().err
+
+
+def test_tensorflow_parallelism_flags_follow_tf_serving_rules():
+    from crocodile.errors import UserError
+    from crocodile.serving.cli import STAND_IN_OP_THREADS, tensorflow_parallelism
+    assert tensorflow_parallelism(0, 0, 0) == (STAND_IN_OP_THREADS, STAND_IN_OP_THREADS)
+    assert tensorflow_parallelism(4, 0, 0) == (4, 4)
+    assert tensorflow_parallelism(4, 2, 0) == (2, STAND_IN_OP_THREADS)  # intra/inter win over session
+    with pytest.raises(UserError, match="You cannot configure all"):
+        tensorflow_parallelism(4, 2, 2)
