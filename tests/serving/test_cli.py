@@ -100,7 +100,10 @@ def test_commands_end_to_end_and_graceful_router_shutdown(config_path, tmp_path,
         assert sum(line["status"] == "OK" for line in logged) == len(answered) + 1
         # No request was cut off: every logged request succeeded, and the clients only saw refusals.
         assert {line["status"] for line in logged} == {"OK", "INVALID_ARGUMENT"}  # the domain-9 score call
-        assert set(refused) <= {"UNAVAILABLE"}
+        # gRPC core refuses calls that reach a stopping server before any handler ran with UNAVAILABLE or,
+        # depending on timing, CANCELLED ("server shutdown"). A cut-off in-flight call would still be logged
+        # as handled, so the count check above is what catches it.
+        assert set(refused) <= {"UNAVAILABLE", "CANCELLED"}
         print(f"SIGTERM under load: {len(answered)} answered and logged, {len(refused)} refused after the stop")
         assert "draining" in open(tmp_path / "router.log").read()
     finally:
