@@ -5,8 +5,9 @@ domain, + lambda * disentangling loss on `disentangle_rows` sampled rows of the 
 outputs (training only), + embedding L2. Everything here except `network` is training-only
 and is never exported.
 """
-from typing import Optional
+from typing import Mapping, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
@@ -31,6 +32,18 @@ class MultiDomainModel(tfrs.Model):
     def call(self, features, training=None):
         return self.network(features, training=training)
 
+    # Models whose training needs statistics of the training split (EDDA's alignment pairs)
+    # name the transformed columns here; the Trainer and the benchmark then pass those columns
+    # of the training split, and only of it, to `prepare_training_data` before fitting.
+    training_data_columns: Tuple[str, ...] = ()
+
+    def prepare_training_data(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Hook for `training_data_columns` (none here)."""
+
+    def auxiliary_loss(self, features, labels, outputs, domain) -> tf.Tensor:
+        """Training-only terms of subclasses (CCTL, EDDA), added in the training step only."""
+        return tf.constant(0.0)
+
     def embedding_l2(self) -> tf.Tensor:
         tables = list(self.network.embedding_tables.values())
         return 0.5 * tf.add_n([tf.reduce_sum(tf.square(t)) for t in tables])
@@ -49,6 +62,7 @@ class MultiDomainModel(tfrs.Model):
                 loss += self.hparams.disentangle_weight * disentangle
             if self.hparams.embedding_l2 > 0:
                 loss += self.hparams.embedding_l2 * self.embedding_l2()
+            loss += self.auxiliary_loss(features, labels, outputs, domain)
             # Per-replica means: the optimizer sums replicas' gradients under tf.distribute.
             loss = loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
         self.bce_tracker.update_state(bce)
