@@ -73,6 +73,8 @@ def train_one(name: str, seed: int, data, feature_config, vocab_sizes, hparams: 
     fit_arrays, val_arrays, eval_arrays = data
     tf.keras.utils.set_random_seed(seed)
     model = build_model(name, feature_config, vocab_sizes, {**hparams, "seed": seed})
+    if model.training_data_columns:            # EDDA: alignment pairs from the fit rows only
+        model.prepare_training_data(fit_arrays)
     batch = model.hparams.batch_size
     start = time.perf_counter()
     history = fit(model, make_dataset(fit_arrays, batch, shuffle=True, seed=seed),
