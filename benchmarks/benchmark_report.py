@@ -6,8 +6,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-REFERENCE_MODEL = "crocodile"
 METRICS = ("auc", "gauc")
+CEILING = "ceiling (p_relevance)"
 
 
 def _clean(value):
@@ -53,23 +53,25 @@ def _domains(runs: List[dict]) -> List[str]:
     return sorted({d for run in runs for d in run["metrics"]["domains"]}, key=int)
 
 
-def summarise(runs: List[dict], models: Sequence[str], oracle: Optional[dict]) -> dict:
+def summarise(runs: List[dict], models: Sequence[str], ladder: Optional[dict]) -> dict:
+    """Per model: mean and t-interval over seeds of each metric, epoch-cap hits, parameters.
+
+    Paired model-vs-reference differences are in the report's "paired" block
+    (benchmarks/paired_analysis.py), which also accounts for the eval rows' noise.
+    """
     scopes = [None] + _domains(runs)
-    summary = {"models": {}, "paired_vs_" + REFERENCE_MODEL: {}, "diagnostics": {}}
+    summary = {"models": {}, "training": {}, "diagnostics": {}}
     for model in models:
+        mine = [r for r in runs if r["model"] == model]
         summary["models"][model] = {
             ("overall" if s is None else s): {m: mean_and_interval(list(_values(runs, model, s, m).values()))
                                               for m in METRICS} for s in scopes}
-        if REFERENCE_MODEL in models and model != REFERENCE_MODEL:
-            paired = {}
-            for s in scopes:
-                paired["overall" if s is None else s] = {}
-                for m in METRICS:
-                    mine, ref = _values(runs, model, s, m), _values(runs, REFERENCE_MODEL, s, m)
-                    diffs = [mine[k] - ref[k] for k in sorted(mine) if k in ref]
-                    paired["overall" if s is None else s][m] = mean_and_interval(diffs)
-            summary["paired_vs_" + REFERENCE_MODEL][model] = paired
-        summary["diagnostics"][model] = _diagnostics_summary([r for r in runs if r["model"] == model])
+        summary["training"][model] = {
+            "runs": len(mine), "hit_epoch_cap": sum(bool(r.get("hit_epoch_cap")) for r in mine),
+            "epochs_run": [r.get("epochs_run") for r in mine],
+            "parameters": mine[0].get("parameters") if mine else None,
+            "train_seconds_median": float(np.median([r["train_seconds"] for r in mine])) if mine else None}
+        summary["diagnostics"][model] = _diagnostics_summary(mine)
     return summary
 
 
@@ -100,40 +102,66 @@ def _fmt(stat: dict, digits: int = 4) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None and math.isfinite(std) else "")
 
 
+def _cell(entry: dict) -> str:
+    if not entry or entry.get("diff") is None or not math.isfinite(entry["diff"]):
+        return "n/a"
+    lo, hi = entry["ci"]
+    mark = {"better": " **+**", "worse": " **−**"}.get(entry.get("verdict"), "")
+    ci = f" [{lo:+.4f}, {hi:+.4f}]" if lo is not None and math.isfinite(lo) else ""
+    return f"{entry['diff']:+.4f}{ci}{mark}"
+
+
 def markdown(report: dict) -> str:
-    summary, oracle, data = report["summary"], report["oracle"], report["data"]
+    summary, ladder, data = report["summary"], report.get("ladder") or {}, report["data"]
+    settings = report["settings"]
     domains = sorted(data["eval_rows_by_domain"], key=int)
+    clicks = data.get("eval_clicks_by_domain", {})
     lines = [f"# Offline quality benchmark", "",
              f"Data: {data['dir']}; fit {data['rows_fit']:,} / validation {data['rows_validation']:,} / "
-             f"eval {data['rows_eval']:,} rows; eval rows per domain "
-             + ", ".join(f"{d}: {data['eval_rows_by_domain'][d]:,}" for d in domains)
-             + f". Seeds: {report.get('seeds_completed', report['settings']['seeds'])} of {report['settings']['seeds']}; "
-             f"mean ± std over seeds.", ""]
+             f"eval {data['rows_eval']:,} rows; eval rows (clicks) per domain "
+             + ", ".join(f"{d}: {data['eval_rows_by_domain'][d]:,}"
+                         + (f" ({clicks[d]:,})" if d in clicks else "") for d in domains)
+             + f". Budget: {settings.get('budget') or 'custom'}; seeds {report.get('seeds_completed', settings['seeds'])}"
+             f" of {settings['seeds']}; epoch cap {settings.get('epoch_cap', settings.get('epochs'))}; "
+             f"tuning: {settings.get('tuning', 'n/a')}. Tables show mean ± std over seeds.", ""]
     for metric in METRICS:
         lines += [f"## {metric.upper()} (eval split)", "",
                   "| model | overall | " + " | ".join(f"domain {d}" for d in domains) + " |",
                   "|---|---|" + "---|" * len(domains)]
-        if oracle:
-            lines.append("| oracle (true p_click) | " + f"{oracle['overall'][metric]:.4f} | "
-                         + " | ".join(f"{oracle['domains'][d][metric]:.4f}" for d in domains) + " |")
+        for name, result in ladder.items():
+            lines.append(f"| *{name}* | {result['overall'][metric]:.4f} | "
+                         + " | ".join(f"{result['domains'][d][metric]:.4f}" if d in result["domains"] else "n/a"
+                                      for d in domains) + " |")
         for model, scopes in summary["models"].items():
             lines.append(f"| {model} | {_fmt(scopes['overall'][metric])} | "
                          + " | ".join(_fmt(scopes[d][metric]) if d in scopes else "n/a" for d in domains) + " |")
         lines.append("")
-    paired = summary.get("paired_vs_" + REFERENCE_MODEL) or {}
-    if paired:
-        lines += [f"## Paired difference vs {REFERENCE_MODEL} (model − {REFERENCE_MODEL}, mean [95% CI] over seeds)", "",
-                  "| model | AUC overall | gAUC overall | " + " | ".join(f"AUC d{d}" for d in domains) + " |",
-                  "|---|---|---|" + "---|" * len(domains)]
-        def cell(stat):
-            if stat["mean"] is None or not math.isfinite(stat["mean"]):
-                return "n/a"
-            lo, hi = stat["ci"]
-            ci = f" [{lo:+.4f}, {hi:+.4f}]" if lo is not None and math.isfinite(lo) else ""
-            return f"{stat['mean']:+.4f}{ci}"
-        for model, scopes in paired.items():
-            lines.append(f"| {model} | {cell(scopes['overall']['auc'])} | {cell(scopes['overall']['gauc'])} | "
-                         + " | ".join(cell(scopes[d]["auc"]) if d in scopes else "n/a" for d in domains) + " |")
+    if ladder:
+        lines += [f"Italic rows are the ladder on the same eval rows; the ceiling for a model that does not see "
+                  f"position is `{CEILING}`; the p_click oracle also knows the position effect.", ""]
+    paired = report.get("paired") or {}
+    if paired.get("models"):
+        ref = paired["reference"]
+        lines += [f"## Paired difference: {ref} − model", "",
+                  f"Mean over seeds of the per-seed difference on the same eval rows, 95% interval from the seeds' "
+                  f"spread and the eval rows' sampling noise (user-clustered); **+** / **−**: {ref} significantly "
+                  f"better / worse (per domain: Holm across domains), otherwise a tie.", ""]
+        for metric in METRICS:
+            lines += [f"### {metric.upper()}", "",
+                      "| model | overall | " + " | ".join(f"domain {d}" for d in domains) + " |",
+                      "|---|---|" + "---|" * len(domains)]
+            for model, per_metric in paired["models"].items():
+                scopes = per_metric.get(metric, {})
+                lines.append(f"| {model} | {_cell(scopes.get('overall'))} | "
+                             + " | ".join(_cell(scopes.get(d)) for d in domains) + " |")
+            lines.append("")
+    training = summary.get("training") or {}
+    if training:
+        lines += ["## Training", "", "| model | parameters | runs | hit the epoch cap | epochs run | median train s |",
+                  "|---|---|---|---|---|---|"]
+        for model, t in training.items():
+            lines.append(f"| {model} | {t['parameters'] or 0:,} | {t['runs']} | {t['hit_epoch_cap']} | "
+                         f"{', '.join(str(e) for e in t['epochs_run'])} | {t['train_seconds_median'] or 0:.0f} |")
         lines.append("")
     lines += ["## Diagnostics (means over seeds)", "",
               "IA = information abundance of the item embedding (sum / max singular value, mean over embedding sets); "
@@ -159,7 +187,7 @@ def plot(report: dict, out_dir: str) -> List[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    summary, oracle = report["summary"], report["oracle"]
+    summary, ceiling = report["summary"], (report.get("ladder") or {}).get(CEILING)
     domains = sorted(report["data"]["eval_rows_by_domain"], key=int)
     scopes = ["overall"] + domains
     models = list(summary["models"])
@@ -171,16 +199,39 @@ def plot(report: dict, out_dir: str) -> List[str]:
             means = [summary["models"][model].get(s, {}).get(metric, {}).get("mean", np.nan) for s in scopes]
             stds = [summary["models"][model].get(s, {}).get(metric, {}).get("std", np.nan) for s in scopes]
             ax.bar(np.arange(len(scopes)) + i * width, means, width, yerr=np.nan_to_num(stds), label=model, capsize=2)
-        if oracle:
-            values = [oracle["overall"][metric]] + [oracle["domains"][d][metric] for d in domains]
+        if ceiling:
+            values = [ceiling["overall"][metric]] + [ceiling["domains"][d][metric] for d in domains]
             ax.scatter(np.arange(len(scopes)) + 0.4 - width / 2, values, marker="_", s=900, color="black",
-                       label="oracle", zorder=5)
+                       label="ceiling (p_relevance)", zorder=5)
         ax.set_xticks(np.arange(len(scopes)) + 0.4 - width / 2, ["overall"] + [f"domain {d}" for d in domains])
         ax.set_ylim(0.5, 1.0)
         ax.set_ylabel(metric.upper())
         ax.legend(fontsize=8, ncol=3)
         ax.set_title(f"{metric.upper()} per domain (mean ± std over seeds)")
         path = os.path.join(out_dir, f"quality_{metric}.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    paired = report.get("paired") or {}
+    for metric in METRICS if paired.get("models") else ():
+        fig, ax = plt.subplots(figsize=(10, 4.5))
+        others = list(paired["models"])
+        width = 0.8 / max(len(others), 1)
+        for i, model in enumerate(others):
+            entries = [paired["models"][model][metric].get(s) or {} for s in scopes]
+            diffs = np.array([e.get("diff", np.nan) for e in entries], dtype=float)
+            low = np.array([e.get("ci", [np.nan] * 2)[0] for e in entries], dtype=float)
+            high = np.array([e.get("ci", [np.nan] * 2)[1] for e in entries], dtype=float)
+            x = np.arange(len(scopes)) + i * width
+            ax.errorbar(x, diffs, yerr=[np.nan_to_num(diffs - low), np.nan_to_num(high - diffs)], fmt="o",
+                        capsize=3, label=f"{paired['reference']} − {model}")
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xticks(np.arange(len(scopes)) + 0.4 - width / 2, ["overall"] + [f"domain {d}" for d in domains])
+        ax.set_ylabel(f"{metric.upper()} difference")
+        ax.set_title(f"Paired {metric.upper()} difference with 95% interval (seeds + eval rows)")
+        ax.legend(fontsize=8, ncol=2)
+        path = os.path.join(out_dir, f"paired_{metric}.png")
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)

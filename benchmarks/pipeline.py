@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from crocodile.model.features import FeatureConfig
-    from crocodile.pipeline import configs, data_source, evaluation, runners
+    from crocodile.pipeline import configs, data_source, runners
     from crocodile.pipeline.cli import beam_args
     from crocodile.pipeline.pipeline import create_pipeline
 
@@ -68,7 +68,6 @@ def main(argv=None) -> int:
         pipeline_root=root, input_base=data_source.logs_dir(data), input_format=data_source.detect_format(data),
         serving_dir=os.path.join(work, "serving"), feature_config=feature_config, model_name=args.model,
         hparams=SMALL_HPARAMS, train_steps=args.train_steps, eval_steps=20,
-        threshold_domains=evaluation.domains_with_enough_rows(data_source.count_domains(data)),
         beam_pipeline_args=beam_args(args.beam_arg),
         metadata_connection_config=runners.metadata_connection_config(root), enable_cache=False)
     started = time.time()

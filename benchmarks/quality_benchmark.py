@@ -2,10 +2,18 @@
 
 Steps: TFT transform of the logs (crocodile.pipeline.transform_local, the pipeline's own
 preprocessing_fn); the training rows are split again into fit / validation (early
-stopping); the held-out eval rows are scored by every model and by the oracle (the
-world's true click probability from DIR/ground_truth). Seeds change initialisation and
-shuffling, not the split, so differences are paired over seeds. Models run interleaved
-(seed 0: a b c, seed 1: a b c, ...), so machine-load drift hits all of them alike.
+stopping); the held-out eval rows are scored by every model and by a ladder of reference
+scorers on the same rows (random, item popularity, the logging policy, and the ceiling:
+the world's position-free relevance p_relevance, since no model sees position; the
+p_click oracle is shown beside it). Seeds change initialisation and shuffling, not the
+split, so differences are paired over seeds and over the same eval rows
+(benchmarks/paired_analysis.py). Models run interleaved (seed 0: a b c, seed 1: a b c,
+...), so machine-load drift hits all of them alike.
+
+Every model gets the same tuning budget: none. All run at their registered defaults
+(model/hparams.py) with the same epoch cap, ended by early stopping on validation AUC;
+the report counts the runs that hit the cap. Budgets (``BUDGETS``) fix models, seeds,
+rows and the epoch cap before any result is seen.
 """
 import glob
 import json
@@ -22,23 +30,71 @@ from crocodile.errors import UserError
 log = logging.getLogger("crocodile.benchmark.quality")
 
 DEFAULT_MODELS = ("crocodile", "mmoe", "me_mmoe", "shared_bottom", "star")
+REFERENCE_MODEL = "crocodile"
+# Capacity-matched controls: MMoE with one embedding as wide as Crocodile's M sets
+# together (M * e). ME-MMoE already has M sets of e, the same total as Crocodile.
+CAPACITY_MATCHED = {"mmoe_wide": "mmoe"}
+SEEDS_HEADLINE = 5
+BUDGETS = {
+    # <= 30 min on 2 cores: Crocodile against its closest baseline and the per-domain floor.
+    "small": {"models": ("crocodile", "mmoe", "single_domain"), "seeds": SEEDS_HEADLINE,
+              "max_rows": 300_000, "epochs": 4},
+    # Every registered model plus the capacity-matched control, all rows.
+    "full": {"models": None, "seeds": SEEDS_HEADLINE, "max_rows": None, "epochs": 10},
+}
 VALIDATION_FRACTION = 0.1
 EVAL_FRACTION = 0.2
 DIAGNOSTIC_ROWS = 8192
 PREDICT_BATCH = 16384
 
 
-def load_oracle(data_dir: str, eval_raw: pd.DataFrame) -> Optional[np.ndarray]:
-    """True P(click) of each eval row, joined on (request_id, position); None if absent."""
+def all_models() -> tuple:
+    from crocodile.model.registry import MODEL_NAMES
+    return tuple(MODEL_NAMES) + tuple(CAPACITY_MATCHED)
+
+
+def model_spec(name: str, hparams: dict) -> tuple:
+    """(registry name, hparams) of a benchmark entry; capacity-matched entries widen e."""
+    from crocodile.model.hparams import resolve
+    if name not in CAPACITY_MATCHED:
+        return name, hparams
+    base = CAPACITY_MATCHED[name]
+    defaults = resolve(REFERENCE_MODEL, hparams)
+    return base, {**hparams, "embedding_dim": defaults.num_embedding_sets * defaults.embedding_dim}
+
+
+def load_truth(data_dir: str, eval_raw: pd.DataFrame) -> Optional[pd.DataFrame]:
+    """p_click and p_relevance of each eval row, joined on (request_id, position); None if absent."""
     files = sorted(glob.glob(os.path.join(data_dir, "ground_truth", "*.csv")))
     if not files or "request_id" not in eval_raw or "position" not in eval_raw:
         return None
-    truth = pd.concat([pd.read_csv(f, dtype={"request_id": str}) for f in files], ignore_index=True)
+    columns = ["request_id", "position", "p_click", "p_relevance"]
+    truth = pd.concat([pd.read_csv(f, dtype={"request_id": str}, usecols=columns) for f in files], ignore_index=True)
     keys = eval_raw[["request_id", "position"]].astype({"request_id": str, "position": np.int64})
-    joined = keys.merge(truth[["request_id", "position", "p_click"]], on=["request_id", "position"], how="left")
+    joined = keys.merge(truth, on=["request_id", "position"], how="left")
     if joined["p_click"].isna().any():
         raise UserError(f"{data_dir}/ground_truth: {int(joined['p_click'].isna().sum())} eval rows have no p_click")
-    return joined["p_click"].to_numpy()
+    return joined
+
+
+def ladder_scores(train_raw: pd.DataFrame, eval_raw: pd.DataFrame, truth: Optional[pd.DataFrame]) -> Dict[str, np.ndarray]:
+    """Reference scorers on the eval rows, weakest first (the "ladder").
+
+    random: uniform noise; popularity: the item's clicks in the training split; logging
+    policy: minus the position it gave the item (its own ranking); ceiling: the true
+    position-free relevance; p_click oracle: the true click probability, position included
+    (above the ceiling because no model sees position).
+    """
+    rng = np.random.default_rng(0)
+    clicks = train_raw.groupby("item_id")["click"].sum()
+    ladder = {"random": rng.random(len(eval_raw)),
+              "popularity": eval_raw["item_id"].map(clicks).fillna(0).to_numpy(np.float64)}
+    if "position" in eval_raw:
+        ladder["logging policy"] = -eval_raw["position"].to_numpy(np.float64)
+    if truth is not None:
+        ladder["ceiling (p_relevance)"] = truth["p_relevance"].to_numpy(np.float64)
+        ladder["p_click oracle (sees position)"] = truth["p_click"].to_numpy(np.float64)
+    return ladder
 
 
 def split_validation(arrays: Dict[str, np.ndarray], fraction: float, seed: int = 1):
@@ -61,8 +117,16 @@ def score(labels, scores, users, domains) -> dict:
     return {"overall": result["overall"], "domains": {str(k): v for k, v in result["domains"].items()}}
 
 
-def train_one(name: str, seed: int, data, feature_config, vocab_sizes, hparams: dict, epochs: int) -> dict:
-    """Trains one model with one seed; returns its eval metrics, diagnostics and timings."""
+def train_one(name: str, seed: int, data, feature_config, vocab_sizes, hparams: dict, epochs: int,
+              scored: str = "eval", diagnostic_rows: Optional[int] = DIAGNOSTIC_ROWS) -> dict:
+    """Trains one model with one seed; returns its metrics, diagnostics, timings and (under
+    "eval_probabilities", not written to JSON) its predictions on the scored rows.
+
+    data = (fit, validation, eval) arrays; early stopping reads validation. `scored` picks
+    the rows scored and diagnosed: "eval" (the held-out rows) or "validation" (for choosing
+    settings without touching eval). `diagnostic_rows`: rows for the expert statistics
+    (None: every scored row, so the cross-expert covariance is the full-set value).
+    """
     import tensorflow as tf
 
     from crocodile.model import diagnostics
@@ -71,8 +135,12 @@ def train_one(name: str, seed: int, data, feature_config, vocab_sizes, hparams: 
     from crocodile.pipeline.transform_local import make_dataset
 
     fit_arrays, val_arrays, eval_arrays = data
+    if scored not in ("eval", "validation"):
+        raise ValueError(f"scored must be 'eval' or 'validation', got {scored!r}")
+    scored_arrays = eval_arrays if scored == "eval" else val_arrays
     tf.keras.utils.set_random_seed(seed)
-    model = build_model(name, feature_config, vocab_sizes, {**hparams, "seed": seed})
+    network_name, hparams = model_spec(name, hparams)
+    model = build_model(network_name, feature_config, vocab_sizes, {**hparams, "seed": seed})
     if model.training_data_columns:            # EDDA: alignment pairs from the fit rows only
         model.prepare_training_data(fit_arrays)
     batch = model.hparams.batch_size
@@ -80,83 +148,123 @@ def train_one(name: str, seed: int, data, feature_config, vocab_sizes, hparams: 
     history = fit(model, make_dataset(fit_arrays, batch, shuffle=True, seed=seed),
                   make_dataset(val_arrays, PREDICT_BATCH, shuffle=False), epochs=epochs, verbose=0)
     train_seconds = time.perf_counter() - start
-    probabilities = predict(model.network, eval_arrays)
-    metrics = score(eval_arrays["click"], probabilities, eval_arrays["user_id"], eval_arrays["domain_id_xf"])
-    sample = {k: v[:DIAGNOSTIC_ROWS] for k, v in eval_arrays.items() if k.endswith("_xf")}
+    probabilities = predict(model.network, scored_arrays)
+    metrics = score(scored_arrays["click"], probabilities, scored_arrays["user_id"], scored_arrays["domain_id_xf"])
+    features = {k: v[:diagnostic_rows] for k, v in scored_arrays.items() if k.endswith("_xf")}
+    batches = [{k: v[i:i + PREDICT_BATCH] for k, v in features.items()}
+               for i in range(0, len(features["domain_id_xf"]), PREDICT_BATCH)]
+    epochs_run = len(history.history["loss"])
     return {
-        "model": name, "seed": seed, "train_seconds": train_seconds,
-        "epochs_run": len(history.history["loss"]),
+        "model": name, "seed": seed, "scored": scored, "train_seconds": train_seconds,
+        "epochs_run": epochs_run, "epoch_cap": epochs, "hit_epoch_cap": epochs_run >= epochs,
+        "eval_probabilities": probabilities,
         "val_auc_by_epoch": [float(x) for x in history.history.get("val_auc", [])],
+        "train_disentangle_loss_by_epoch": [float(x) for x in history.history.get("disentangle_loss", [])],
         "parameters": int(sum(np.prod(v.shape) for v in model.network.trainable_variables)),
         "metrics": metrics,
         "diagnostics": {
             "information_abundance": diagnostics.embedding_diagnostics(model.network, fit_arrays),
-            "experts": diagnostics.network_expert_statistics(model.network, [sample]),
+            "experts": diagnostics.network_expert_statistics(model.network, batches),
         },
     }
 
 
-def run(data_dir: str, models: Sequence[str], seeds: int, out_dir: str, max_rows: Optional[int] = None,
-        epochs: Optional[int] = None, hparams: Optional[dict] = None) -> dict:
-    """Runs the benchmark and writes quality.json, quality.md and PNG plots under out_dir."""
-    from crocodile.benchmarks.benchmark_report import summarise, write_report
+def prepare_data(data_dir: str, out_dir: str, max_rows: Optional[int] = None):
+    """Transforms the logs (the pipeline's preprocessing_fn) and splits them.
+
+    Returns (feature_config, vocab_sizes, (fit, validation, eval) arrays, transformed,
+    transform_seconds). The split is fixed (it does not depend on model seeds).
+    """
     from crocodile.model.features import FeatureConfig
-    from crocodile.model.hparams import HParams
-    from crocodile.model.registry import MODEL_NAMES
     from crocodile.pipeline.preprocessing import vocab_sizes as tft_vocab_sizes
     from crocodile.pipeline.transform_local import analyze_and_transform
 
-    unknown = [m for m in models if m not in MODEL_NAMES]
-    if unknown:
-        raise UserError(f"--models: unknown model(s) {unknown}; choose from {', '.join(MODEL_NAMES)}")
-    if seeds < 1:
-        raise UserError("--seeds must be >= 1")
     config_path = os.path.join(data_dir, "feature_config.json")
     if not os.path.exists(config_path):
         raise UserError(f"{config_path}: missing (write data with `crocodile data generate`)")
     feature_config = FeatureConfig.load(config_path)
     os.makedirs(out_dir, exist_ok=True)
+    start = time.perf_counter()
+    log.info("transforming %s%s", data_dir, f" (first {max_rows:,} rows)" if max_rows else "")
+    transformed = analyze_and_transform(data_dir, os.path.join(out_dir, "transform"), feature_config,
+                                        eval_fraction=EVAL_FRACTION, max_rows=max_rows)
+    transform_seconds = time.perf_counter() - start
+    log.info("transform done in %.0fs", transform_seconds)
+    vocab = tft_vocab_sizes(transformed.tft_output, feature_config)
+    fit_arrays, val_arrays = split_validation(transformed.train, VALIDATION_FRACTION)
+    return feature_config, vocab, (fit_arrays, val_arrays, transformed.eval), transformed, transform_seconds
+
+
+def run(data_dir: str, models: Sequence[str], seeds: int, out_dir: str, max_rows: Optional[int] = None,
+        epochs: Optional[int] = None, hparams: Optional[dict] = None, reference: str = REFERENCE_MODEL,
+        budget: Optional[str] = None) -> dict:
+    """Runs the benchmark and writes quality.json, quality.md and PNG plots under out_dir."""
+    from crocodile.benchmarks.benchmark_report import summarise, write_report
+    from crocodile.benchmarks.paired_analysis import paired_summary
+    from crocodile.model.hparams import HParams
+
+    unknown = [m for m in models if m not in all_models()]
+    if unknown:
+        raise UserError(f"--models: unknown model(s) {unknown}; choose from {', '.join(all_models())}")
+    if reference not in models:
+        raise UserError(f"--reference {reference!r} is not among --models")
+    if seeds < 1:
+        raise UserError("--seeds must be >= 1")
+    if os.path.exists(os.path.join(out_dir, "quality.json")):
+        raise UserError(f"{out_dir}: holds an earlier benchmark report; choose a new --out")
     hparams = dict(hparams or {})
     epochs = epochs or HParams().epochs
 
     start = time.perf_counter()
-    log.info("transforming %s", data_dir)
-    transformed = analyze_and_transform(data_dir, os.path.join(out_dir, "transform"), feature_config,
-                                        eval_fraction=EVAL_FRACTION, max_rows=max_rows)
-    transform_seconds = time.perf_counter() - start
-    vocab = tft_vocab_sizes(transformed.tft_output, feature_config)
-    fit_arrays, val_arrays = split_validation(transformed.train, VALIDATION_FRACTION)
-    eval_arrays = transformed.eval
-    data = (fit_arrays, val_arrays, eval_arrays)
+    feature_config, vocab, data, transformed, transform_seconds = prepare_data(data_dir, out_dir, max_rows)
+    fit_arrays, val_arrays, eval_arrays = data
+    import tensorflow as tf  # after the transform: TFT has imported it already
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]  # Keras trains on the first one when present
+    labels, users, domains = eval_arrays["click"], eval_arrays["user_id"], eval_arrays["domain_id_xf"]
 
-    oracle_scores = load_oracle(data_dir, transformed.eval_raw)
-    oracle = None if oracle_scores is None else score(
-        eval_arrays["click"], oracle_scores, eval_arrays["user_id"], eval_arrays["domain_id_xf"])
+    truth = load_truth(data_dir, transformed.eval_raw)
+    ladder = {name: score(labels, values, users, domains)
+              for name, values in ladder_scores(transformed.train_raw, transformed.eval_raw, truth).items()}
 
     report = {
         "data": {"dir": os.path.abspath(data_dir), "rows_fit": len(fit_arrays["click"]),
-                 "rows_validation": len(val_arrays["click"]), "rows_eval": len(eval_arrays["click"]),
-                 "eval_rows_by_domain": {str(d): int(c) for d, c in zip(*np.unique(eval_arrays["domain_id_xf"], return_counts=True))},
-                 "eval_ctr": float(np.mean(eval_arrays["click"]))},
-        "settings": {"models": list(models), "seeds": seeds, "epochs": epochs, "hparams_overrides": hparams,
-                     "hparams_defaults": HParams().to_dict(), "max_rows": max_rows},
+                 "rows_validation": len(val_arrays["click"]), "rows_eval": len(labels),
+                 "eval_rows_by_domain": {str(d): int(c) for d, c in zip(*np.unique(domains, return_counts=True))},
+                 "eval_clicks_by_domain": {str(d): int(labels[domains == d].sum()) for d in np.unique(domains)},
+                 "eval_ctr": float(np.mean(labels))},
+        "settings": {"budget": budget, "models": list(models), "reference": reference, "seeds": seeds,
+                     "epoch_cap": epochs, "hparams_overrides": hparams, "tuning": "none: every model at its defaults",
+                     "hparams_defaults": HParams().to_dict(), "max_rows": max_rows,
+                     "devices": gpus or ["CPU only"]},
         "transform_seconds": transform_seconds,
-        "oracle": oracle,
+        "ladder": ladder,
         "runs": [],
     }
+    predictions: Dict[str, list] = {m: [] for m in models}
+    prediction_dir = os.path.join(out_dir, "predictions")
+    os.makedirs(prediction_dir, exist_ok=True)
+    total = seeds * len(models)
     for seed in range(seeds):
         for name in models:
-            log.info("seed %d/%d: training %s", seed + 1, seeds, name)
+            done = len(report["runs"])
+            elapsed = time.perf_counter() - start
+            eta = "" if not done else f", ETA {(elapsed - transform_seconds) / done * (total - done) / 60:.0f} min"
+            log.info("run %d/%d (seed %d, %s)%s", done + 1, total, seed, name, eta)
             result = train_one(name, seed, data, feature_config, vocab, hparams, epochs)
-            log.info("  %s seed %d: AUC %.4f gAUC %.4f in %.0fs", name, seed,
+            probabilities = result.pop("eval_probabilities")
+            predictions[name].append(probabilities)
+            np.save(os.path.join(prediction_dir, f"{name}-seed{seed}.npy"), probabilities.astype(np.float32))
+            log.info("  %s seed %d: AUC %.4f gAUC %.4f, %d epochs%s in %.0fs", name, seed,
                      result["metrics"]["overall"]["auc"], result["metrics"]["overall"]["gauc"],
+                     result["epochs_run"], " (hit the cap)" if result["hit_epoch_cap"] else "",
                      result["train_seconds"])
             report["runs"].append(result)
             with open(os.path.join(out_dir, "runs.jsonl"), "a") as f:
                 f.write(json.dumps(result) + "\n")
         # A complete report after every round of seeds, so a cut-short run still has one.
         report["seeds_completed"] = seed + 1
-        report["summary"] = summarise(report["runs"], models, oracle)
+        report["summary"] = summarise(report["runs"], models, ladder)
+        report["paired"] = paired_summary(predictions, reference, labels, users, domains)
         report["total_seconds"] = time.perf_counter() - start
         write_report(report, out_dir)
     return report

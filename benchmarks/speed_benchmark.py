@@ -32,7 +32,10 @@ def synthetic_features(n: int, vocab: Dict[str, int], seed: int = 0):
     return features, labels
 
 
-def run(batch_size: int = 4096, steps: int = 20, repeats: int = 5, warmup_steps: int = 5, hparams=None) -> dict:
+def run(batch_size: int = 4096, steps: int = 20, repeats: int = 5, warmup_steps: int = 5, hparams=None,
+        variants=None) -> dict:
+    """variants: {name: (model, overrides)}; default VARIANTS. With custom variants the
+    ratios are every variant over the first one (e.g. a new default over the old one)."""
     import tensorflow as tf
 
     from crocodile.model.features import WORLD_FEATURES
@@ -42,8 +45,10 @@ def run(batch_size: int = 4096, steps: int = 20, repeats: int = 5, warmup_steps:
     features, labels = synthetic_features(batch_size * 8, WORLD_VOCAB)
     dataset = tf.data.Dataset.from_tensor_slices((features, labels)).batch(batch_size, drop_remainder=True)
     dataset = dataset.cache().repeat().prefetch(2)
+    custom = variants is not None
+    variants = dict(variants or VARIANTS)
     trainers, sizes = {}, {}
-    for variant, (name, overrides) in VARIANTS.items():
+    for variant, (name, overrides) in variants.items():
         tf.keras.utils.set_random_seed(0)
         model = build_model(name, WORLD_FEATURES, WORLD_VOCAB, {**(hparams or {}), **overrides})
         compile_model(model, model.hparams)
@@ -59,7 +64,7 @@ def run(batch_size: int = 4096, steps: int = 20, repeats: int = 5, warmup_steps:
             "expert_units": list(model.hparams.expert_units), "embedding_dim": model.hparams.embedding_dim,
             "num_experts": int(model.network(
                 {k: v[:2] for k, v in features.items()})["expert_outputs"].shape[1])}
-    rates = {v: [] for v in VARIANTS}
+    rates = {v: [] for v in variants}
     for _ in range(repeats):
         for variant, (train_function, iterator) in trainers.items():
             start = time.perf_counter()
@@ -72,20 +77,24 @@ def run(batch_size: int = 4096, steps: int = 20, repeats: int = 5, warmup_steps:
         r = np.asarray(rates[a]) / np.asarray(rates[b])
         return {"median": float(np.median(r)), "min": float(r.min()), "max": float(r.max()), "per_round": r.tolist()}
 
+    first = next(iter(variants))
+    ratios = ({f"{v} / {first}": ratio(v, first) for v in variants if v != first} if custom else {
+        "crocodile_cov / crocodile_no_cov": ratio("crocodile_cov", "crocodile_no_cov"),
+        "crocodile_cov / mmoe": ratio("crocodile_cov", "mmoe"),
+        "crocodile_no_cov / mmoe": ratio("crocodile_no_cov", "mmoe"),
+    })
     return {
         "benchmark": "training_speed",
         "batch_size": batch_size, "steps_per_round": steps, "rounds": repeats, "warmup_steps": warmup_steps,
-        "order": "interleaved " + " ".join(VARIANTS) + " per round",
+        "order": "interleaved " + " ".join(variants) + " per round",
         "threads": {"cpu_count": os.cpu_count(),
                     "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                     "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
+        "hparams_overrides": hparams or {},
         "variants": sizes,
         "examples_per_second": {v: {"median": float(np.median(r)), "per_round": r} for v, r in rates.items()},
-        "ratios": {
-            "crocodile_cov / crocodile_no_cov": ratio("crocodile_cov", "crocodile_no_cov"),
-            "crocodile_cov / mmoe": ratio("crocodile_cov", "mmoe"),
-            "crocodile_no_cov / mmoe": ratio("crocodile_no_cov", "mmoe"),
-        },
+        "ratios": ratios,
     }

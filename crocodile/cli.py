@@ -17,6 +17,7 @@ AREA_CLI_MODULES = (
     "crocodile.simulation.abtest_cli",  # abtest live|offline
     "crocodile.benchmarks.cli",        # benchmark quality|speed
     "crocodile.pipeline.cli",     # pipeline run|compile
+    "crocodile.pipeline.model_cli",  # model compare
     "crocodile.serving.cli",      # model-server, router, score, rollout
     "crocodile.demo",             # demo
 )

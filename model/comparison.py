@@ -3,6 +3,10 @@
 One statistic serves the offline quality benchmark, ``crocodile model compare`` and the
 pipeline's blessing gate, so a "significantly worse" domain means the same in all three.
 
+gAUC differences use the same rows too: gAUC is a weighted mean of per-user AUCs, so
+its contrast is a ratio estimator over users, whose variance is the linearised
+(cluster-robust) one with users as clusters.
+
 AUC difference on the same rows: DeLong, DeLong & Clarke-Pearson (1988), in the fast
 mid-rank form of Sun & Xu (2014), generalised to clustered rows as in Obuchowski (1997).
 Impressions of one user are not independent (the same user's taste shows in all of
@@ -24,9 +28,12 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from scipy import stats as sps
 
+from crocodile.model import metrics
 from crocodile.model.multiple_testing import holm
 
 INSUFFICIENT = "insufficient evidence"
+# Below this, a difference or standard error is floating-point round-off (identical scores).
+ROUND_OFF = 1e-12
 
 
 def _midranks(values: np.ndarray) -> np.ndarray:
@@ -101,6 +108,40 @@ def auc_contrast(labels, scores, weights, clusters=None) -> AucContrast:
 
 
 @dataclasses.dataclass
+class GaucContrast:
+    """``estimate`` = sum_r weights[r] * gAUC_r over the groups with both labels."""
+    gaucs: np.ndarray
+    estimate: float
+    se: float
+    groups: int
+
+
+def gauc_contrast(labels, scores, weights, groups) -> GaucContrast:
+    """A linear contrast of gAUCs on the same rows; groups (users) are the clusters.
+
+    gAUC_r = sum_g n_g a_rg / sum_g n_g over eligible groups g, so the contrast is
+    sum_g n_g x_g / sum_g n_g with x_g = sum_r w_r a_rg, and its variance is
+    G / (G - 1) * sum_g n_g^2 (x_g - estimate)^2 / (sum_g n_g)^2.
+    """
+    scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    weights = np.asarray(weights, dtype=np.float64).ravel()
+    if weights.size != scores.shape[0]:
+        raise ValueError(f"{weights.size} weights for {scores.shape[0]} score vectors")
+    per_model = [metrics.per_group_auc(labels, s, groups) for s in scores]
+    eligible = per_model[0][2]
+    size = per_model[0][1][eligible]
+    values = np.vstack([v[eligible] for v, _, _ in per_model])   # (k, G)
+    g = int(eligible.sum())
+    if g == 0:
+        return GaucContrast(np.full(len(weights), np.nan), math.nan, math.nan, 0)
+    gaucs = values @ size / size.sum()
+    x = weights @ values
+    estimate = float(weights @ gaucs)
+    variance = (g / (g - 1) * np.sum(size ** 2 * (x - estimate) ** 2) / size.sum() ** 2) if g > 1 else math.nan
+    return GaucContrast(gaucs, estimate, float(math.sqrt(variance)) if g > 1 else math.nan, g)
+
+
+@dataclasses.dataclass
 class PairedAuc:
     """AUC of candidate and baseline on the same rows, their difference and its interval."""
     baseline_auc: float
@@ -121,22 +162,26 @@ def paired_auc(labels, baseline, candidate, clusters=None, alpha: float = 0.05) 
     """candidate - baseline AUC on the same rows, clustered-DeLong interval and p-value."""
     result = auc_contrast(labels, np.vstack([np.ravel(baseline), np.ravel(candidate)]), [-1.0, 1.0], clusters)
     z = sps.norm.ppf(1 - alpha / 2)
-    if result.se > 0:
-        p = float(2 * sps.norm.sf(abs(result.estimate) / result.se))
-    elif math.isnan(result.estimate):
-        p = math.nan
-    else:  # no sampling spread: identical scores (p = 1) or a deterministic difference
-        p = 1.0 if result.estimate == 0 else 0.0
+    p = two_sided_p(result.estimate, result.se)
     return PairedAuc(float(result.aucs[0]), float(result.aucs[1]), result.estimate, result.se,
                      result.estimate - z * result.se, result.estimate + z * result.se, p,
                      result.positives, result.positives + result.negatives)
+
+
+def two_sided_p(estimate: float, se: float) -> float:
+    """Normal two-sided p-value; with no spread (identical scores) 1 for a zero estimate, else 0."""
+    if math.isnan(estimate) or math.isnan(se):
+        return math.nan
+    if se <= ROUND_OFF:
+        return 1.0 if abs(estimate) <= ROUND_OFF else 0.0
+    return float(2 * sps.norm.sf(abs(estimate) / se))
 
 
 def p_worse_than(diff: float, se: float, tolerance: float) -> float:
     """One-sided p-value of H0: diff >= -tolerance (small = significantly worse by more)."""
     if math.isnan(diff) or math.isnan(se):
         return math.nan
-    if se == 0:
+    if se <= ROUND_OFF:
         return 0.0 if diff < -tolerance else 1.0
     return float(sps.norm.cdf((diff + tolerance) / se))
 

@@ -180,10 +180,8 @@ class EDDAModel(MultiDomainModel):
         self.pair_counts = {kind: len(p) for kind, p in pairs.items()}
         log.info("EDDA alignment pairs: %s", self.pair_counts)
 
-    def embedding_l2(self) -> tf.Tensor:
-        intra = list(self.network.intra_tables.values())
-        extra = 0.5 * tf.add_n([tf.reduce_sum(tf.square(t)) for t in intra]) if intra else 0.0
-        return super().embedding_l2() + extra
+    def regularised_tables(self):
+        return super().regularised_tables() + list(self.network.intra_tables.values())
 
     def auxiliary_loss(self, features, labels, outputs, domain) -> tf.Tensor:
         weight = self.hparams.edda_alignment_weight

@@ -71,16 +71,21 @@ def auc(labels, scores) -> float:
     return float(values[0]) if eligible[0] else float("nan")
 
 
-def gauc_with_count(labels, scores, groups) -> Tuple[float, int]:
-    """(gAUC, number of groups with both labels)."""
+def per_group_auc(labels, scores, groups) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(AUC, impressions, has-both-labels) per distinct group, groups in first-seen order."""
     labels, scores = _check(labels, scores)
     groups = np.asarray(groups).ravel()
     if groups.shape != labels.shape:
         raise ValueError(f"groups ({groups.size}) and labels ({labels.size}) differ in length")
-    if labels.size == 0:
-        return float("nan"), 0
     codes, uniques = pd.factorize(groups)
-    values, size, eligible = _group_auc(labels, scores, codes.astype(np.int64), len(uniques))
+    return _group_auc(labels, scores, codes.astype(np.int64), len(uniques))
+
+
+def gauc_with_count(labels, scores, groups) -> Tuple[float, int]:
+    """(gAUC, number of groups with both labels)."""
+    if np.asarray(labels).size == 0:
+        return float("nan"), 0
+    values, size, eligible = per_group_auc(labels, scores, groups)
     if not eligible.any():
         return float("nan"), 0
     return float(np.sum(values[eligible] * size[eligible]) / np.sum(size[eligible])), int(eligible.sum())

@@ -26,9 +26,35 @@ def _add_common_arguments(parser) -> None:
                         help="tf.distribute strategy of the trainer")
     parser.add_argument("--schema", default=None,
                         help="curated schema.pbtxt for ImportSchemaGen (default: inferred, then curated)")
+    add_blessing_arguments(parser)
     parser.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                         help="Beam pipeline option, repeatable (e.g. --beam-arg=--runner=DataflowRunner); "
                              "without --runner the DirectRunner runs in multi-processing mode")
+
+
+def add_blessing_arguments(parser) -> None:
+    """The blessing rule's knobs (defaults: crocodile.pipeline.configs BLESSING_*)."""
+    group = parser.add_argument_group("blessing rule (default: the pipeline's, see pipeline/README.md)")
+    group.add_argument("--domain-tolerance", type=float, default=None,
+                       help="AUC drop a domain may show before 'significantly worse' counts (default 0.01)")
+    group.add_argument("--overall-tolerance", type=float, default=None,
+                       help="the same for the overall AUC (default 0.002)")
+    group.add_argument("--alpha", type=float, default=None, help="one-sided level, Holm across domains (default 0.05)")
+    group.add_argument("--min-clicks", type=int, default=None,
+                       help="eval clicks a domain needs to be tested; fewer = insufficient evidence (default 30)")
+
+
+def blessing_rule(args):
+    from crocodile.pipeline import configs
+
+    try:
+        rule = configs.blessing_rule(domain_tolerance=args.domain_tolerance, overall_tolerance=args.overall_tolerance,
+                                     alpha=args.alpha, min_clicks=args.min_clicks)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"blessing rule: {error}") from error
+    if not (0 < rule.alpha < 1) or rule.domain_tolerance < 0 or rule.overall_tolerance < 0 or rule.min_clicks < 1:
+        raise UserError("blessing rule: --alpha must be in (0, 1), tolerances >= 0, --min-clicks >= 1")
+    return rule
 
 
 def register(subparsers) -> None:
@@ -52,19 +78,24 @@ def register(subparsers) -> None:
         "compile", help="compile the pipeline for Kubeflow Pipelines (KFP v2 YAML)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     compile_.add_argument("--out", required=True, help="output .yaml (what kfp.Client uploads)")
-    compile_.add_argument("--image", default="crocodile-pipeline:latest",
-                          help="container image of every component (docker/Dockerfile.pipeline)")
-    compile_.add_argument("--data", default="/mnt/crocodile/data",
-                          help="data folder as the cluster sees it (gs://, a mounted volume...)")
-    compile_.add_argument("--pipeline-root", default="/mnt/crocodile/pipeline_root")
-    compile_.add_argument("--serving-dir", default="/mnt/crocodile/serving")
+    compile_.add_argument("--image", required=True,
+                          help="registry reference of the pipeline image every step runs "
+                               "(docker/Dockerfile.pipeline), e.g. europe-docker.pkg.dev/P/R/crocodile-pipeline:TAG")
+    compile_.add_argument("--data", required=True,
+                          help="data folder as the pods see it: gs://, s3:// or a path on the --pvc volume")
+    compile_.add_argument("--pipeline-root", required=True,
+                          help="gs:// or s3:// URI for the artifacts (pass the same value as pipeline_root "
+                               "when creating the run)")
+    compile_.add_argument("--serving-dir", required=True,
+                          help="push destination root (gs://, s3:// or a path on the --pvc volume); "
+                               "blessed models go to SERVING_DIR/crocodile/<version>/")
+    compile_.add_argument("--pvc", default=None, metavar="NAME",
+                          help="persistent volume claim mounted into every step (at --pvc-mount)")
+    compile_.add_argument("--pvc-mount", default="/mnt/crocodile", help="where --pvc is mounted")
     compile_.add_argument("--format", choices=("csv", "tfrecord"), default=None,
                           help="log format (default: detected when --data is a local folder, else csv)")
     compile_.add_argument("--feature-config", default=None,
                           help="local feature_config.json (default: DATA's when local, else the world's)")
-    compile_.add_argument("--threshold-domains", default=None,
-                          help="comma-separated domain ids with per-domain Evaluator thresholds "
-                               "(default: counted from --data when local, else none)")
     _add_common_arguments(compile_)
     compile_.set_defaults(handler=compile_pipeline)
 
@@ -111,12 +142,12 @@ def _pipeline_kwargs(args, feature_config) -> dict:
     return dict(
         serving_dir=args.serving_dir, feature_config=feature_config, model_name=args.model,
         hparams=_hparams(args), train_steps=args.train_steps, eval_steps=args.eval_steps,
-        distribution_strategy=args.strategy,
+        distribution_strategy=args.strategy, blessing_rule=blessing_rule(args),
         schema_path=args.schema, beam_pipeline_args=beam_args(args.beam_arg))
 
 
 def run_pipeline(args) -> int:
-    from crocodile.pipeline import data_source, evaluation, runners
+    from crocodile.pipeline import data_source, runners
     from crocodile.pipeline.components import DataValidationError
     from crocodile.pipeline.pipeline import create_pipeline
 
@@ -125,7 +156,6 @@ def run_pipeline(args) -> int:
     feature_config = data_source.load_feature_config(args.data)
     input_format = data_source.detect_format(args.data)
     kwargs = _pipeline_kwargs(args, feature_config)
-    domains = evaluation.domains_with_enough_rows(data_source.count_domains(args.data))
     pipeline_root = os.path.abspath(args.pipeline_root)
     os.makedirs(pipeline_root, exist_ok=True)
     kwargs["serving_dir"] = os.path.abspath(args.serving_dir)
@@ -133,13 +163,11 @@ def run_pipeline(args) -> int:
         pipeline_root=pipeline_root,
         input_base=os.path.abspath(data_source.logs_dir(args.data)),
         input_format=input_format,
-        threshold_domains=domains,
         metadata_connection_config=runners.metadata_connection_config(pipeline_root),
         enable_cache=not args.no_cache,
         **kwargs)
     print(f"pipeline {pipeline.pipeline_info.pipeline_name}: model {args.model}, {input_format} logs "
-          f"in {args.data}, per-domain thresholds for domains {domains}, "
-          f"ML Metadata in {runners.metadata_path(pipeline_root)}", flush=True)
+          f"in {args.data}, ML Metadata in {runners.metadata_path(pipeline_root)}", flush=True)
     try:
         outcome = runners.run_local(pipeline, verbose=args.verbose)
     except DataValidationError as error:
@@ -150,33 +178,29 @@ def run_pipeline(args) -> int:
 
 def compile_pipeline(args) -> int:
     from crocodile.model.features import WORLD_FEATURES, FeatureConfig
-    from crocodile.pipeline import data_source, evaluation, runners
+    from crocodile.pipeline import data_source, runners
     from crocodile.pipeline.pipeline import create_pipeline
 
+    try:
+        runners.check_kubeflow_storage(args.pipeline_root, args.data, args.serving_dir, args.pvc, args.pvc_mount)
+    except ValueError as error:
+        raise UserError(str(error)) from error
     local_data = os.path.isdir(args.data)
     if args.feature_config:
         feature_config = FeatureConfig.load(args.feature_config)
     else:
         feature_config = data_source.load_feature_config(args.data) if local_data else WORLD_FEATURES
     input_format = args.format or (data_source.detect_format(args.data) if local_data else "csv")
-    if args.threshold_domains is not None:
-        try:
-            domains = [int(d) for d in args.threshold_domains.split(",") if d.strip()]
-        except ValueError as error:
-            raise UserError(f"--threshold-domains {args.threshold_domains!r}: {error}") from error
-    else:
-        domains = evaluation.domains_with_enough_rows(data_source.count_domains(args.data)) \
-            if local_data else []
     pipeline = create_pipeline(
         pipeline_root=args.pipeline_root,
         input_base=f"{args.data.rstrip('/')}/{data_source.LOGS_SUBDIR}",
         input_format=input_format,
-        threshold_domains=domains,
         **_pipeline_kwargs(args, feature_config))
     try:
-        path = runners.compile_kubeflow(pipeline, args.out, args.image)
+        path = runners.compile_kubeflow(pipeline, args.out, args.image, args.pvc, args.pvc_mount)
     except ValueError as error:
         raise UserError(str(error)) from error
-    print(f"wrote {path} (KFP v2 pipeline spec; image {args.image}; "
-          f"per-domain thresholds for domains {domains})")
+    volume = f"; volume {args.pvc} at {args.pvc_mount}" if args.pvc else ""
+    print(f"wrote {path} (KFP v2 pipeline spec; image {args.image}{volume}); create runs with "
+          f"pipeline_root={args.pipeline_root!r} (see pipeline/README.md)")
     return 0

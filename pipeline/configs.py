@@ -33,24 +33,38 @@ EVAL_STEPS = 100
 DISTRIBUTION_STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 DEFAULT_DISTRIBUTION_STRATEGY = "auto"
 
-# Evaluator (TFMA). Thresholds are our choice (I): the paper compares models by AUC.
-# The candidate must beat a random ranker overall, may lose at most
-# OVERALL_AUC_MAX_DROP of AUC against the blessed baseline overall, and at most
-# DOMAIN_AUC_MAX_DROP in each domain that has enough eval rows (small domains are noisier).
+# Evaluator (TFMA): metrics and plots only, overall and per domain_id slice. It gates
+# nothing; the BlessingGate after it decides (crocodile.pipeline.blessing).
 LABEL_KEY = "click"
 PREDICTION_KEY = "outputs"
 SLICE_FEATURE = "domain_id"
+
+# Blessing (BlessingGate and `crocodile model compare`: one decision,
+# crocodile.model.comparison.blessing_decision on the eval rows, clustered by user_id).
+# The candidate must beat a random ranker overall (absolute check, always; the only check
+# when nothing has been pushed yet), and against the currently served model it is refused
+# only when a domain's AUC is significantly lower (one-sided, Holm across domains) by more
+# than BLESSING_DOMAIN_TOLERANCE, or the overall AUC by more than
+# BLESSING_OVERALL_TOLERANCE. Domains with fewer than BLESSING_MIN_CLICKS eval clicks are
+# reported as "insufficient evidence", not tested (I: 30 clicks put the AUC standard
+# error near 0.05, beyond which a test has no power against a 0.01 drop anyway).
+BLESSING_GATE_ID = "BlessingGate"  # node id (its outputs live under <pipeline_root>/BlessingGate/)
 OVERALL_AUC_LOWER_BOUND = 0.5
-OVERALL_AUC_MAX_DROP = 0.002
-DOMAIN_AUC_MAX_DROP = 0.01
-# A domain gets an AUC threshold only when the eval split is expected to hold at least
-# DOMAIN_THRESHOLD_MARGIN x MIN_DOMAIN_EVAL_ROWS of its rows (an AUC over fewer rows is
-# noise; the margin covers the hash split's randomness). TFMA's own min_slice_size is
-# left at 1 on purpose: in TFMA 0.47 a slice under min_slice_size has no metrics, and the
-# validator then fails EVERY configured threshold on it ("Metric not found"), whichever
-# slice the threshold names, so one small domain would un-bless every model.
-MIN_DOMAIN_EVAL_ROWS = 50
-DOMAIN_THRESHOLD_MARGIN = 2
+BLESSING_DOMAIN_TOLERANCE = 0.01
+BLESSING_OVERALL_TOLERANCE = 0.002
+BLESSING_ALPHA = 0.05
+BLESSING_MIN_CLICKS = 30
+
+
+def blessing_rule(**overrides):
+    """The pipeline's BlessingRule (crocodile.model.comparison) with these defaults."""
+    from crocodile.model.comparison import BlessingRule
+
+    values = dict(domain_tolerance=BLESSING_DOMAIN_TOLERANCE, overall_tolerance=BLESSING_OVERALL_TOLERANCE,
+                  alpha=BLESSING_ALPHA, min_clicks=BLESSING_MIN_CLICKS)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return BlessingRule(**values)
+
 
 # Beam. Transform, StatisticsGen, Evaluator etc. run on Beam. Worker processes inherit the
 # launching process's environment, which has TF_USE_LEGACY_KERAS=1 (crocodile/__init__.py).
@@ -59,7 +73,9 @@ DIRECT_RUNNER_ARGS = (
     "--direct_num_workers=0",  # 0 = one worker per CPU core
 )
 TFX_IMAGE = "gcr.io/tfx-oss-public/tfx:1.16.0"
-DEFAULT_PIPELINE_IMAGE = "crocodile-pipeline:latest"
+# The pipeline image has no default: `pipeline compile --image` is required, because a
+# cluster pulls from a registry and an unqualified name would resolve to Docker Hub.
+PIPELINE_IMAGE_PLACEHOLDER = "<registry>/crocodile-pipeline:<tag>"
 # Templates for other Beam runners (placeholders in <...>); README explains each.
 DATAFLOW_ARGS = (
     "--runner=DataflowRunner",
@@ -69,7 +85,7 @@ DATAFLOW_ARGS = (
     "--machine_type=e2-standard-8",
     "--disk_size_gb=50",
     "--experiments=use_runner_v2",
-    f"--sdk_container_image={DEFAULT_PIPELINE_IMAGE}",
+    f"--sdk_container_image={PIPELINE_IMAGE_PLACEHOLDER}",
 )
 FLINK_ARGS = (
     "--runner=FlinkRunner",
@@ -77,14 +93,14 @@ FLINK_ARGS = (
     "--flink_submit_uber_jar",
     "--parallelism=<N>",
     "--environment_type=DOCKER",
-    f"--environment_config={DEFAULT_PIPELINE_IMAGE}",
+    f"--environment_config={PIPELINE_IMAGE_PLACEHOLDER}",
 )
 SPARK_ARGS = (
     "--runner=SparkRunner",
     "--spark_rest_url=http://<host>:6066",
     "--spark_submit_uber_jar",
     "--environment_type=DOCKER",
-    f"--environment_config={DEFAULT_PIPELINE_IMAGE}",
+    f"--environment_config={PIPELINE_IMAGE_PLACEHOLDER}",
 )
 BEAM_ARG_PRESETS = {
     "direct": DIRECT_RUNNER_ARGS,
@@ -95,3 +111,13 @@ BEAM_ARG_PRESETS = {
 
 # Where the local runner keeps ML Metadata, under the pipeline root.
 METADATA_FILENAME = "metadata.sqlite"
+
+# Kubeflow Pipelines storage. Every step runs in its own pod, so nothing may live on a
+# pod's own disk. The pipeline root must be an object store the KFP launcher maps
+# (gs://, s3://; kubeflow/pipelines backend/src/v2/component/launcher_v2.go,
+# LocalPathForURI) that TensorFlow can also open (gs:// built in, s3:// with tensorflow-io).
+# Data and push destination may also be paths on a persistent volume claim mounted into
+# every step (`pipeline compile --pvc NAME`) at KFP_VOLUME_MOUNT_PATH.
+KFP_PIPELINE_ROOT_SCHEMES = ("gs://", "s3://")
+KFP_DATA_SCHEMES = ("gs://", "s3://")
+KFP_VOLUME_MOUNT_PATH = "/mnt/crocodile"

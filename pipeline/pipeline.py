@@ -8,17 +8,25 @@ or compiles it for Kubeflow Pipelines (KubeflowV2DagRunner).
       -> ExampleValidator -> AnomaliesGate (raises on anomalies: bad logs stop here)
       -> Transform (crocodile.pipeline.preprocessing.preprocessing_fn)
       -> Trainer (crocodile.pipeline.trainer.run_fn)
-      -> Evaluator (TFMA by domain, vs the latest blessed model from the Resolver)
+      -> Evaluator (TFMA by domain: metrics and plots)
+      -> BlessingGate (candidate vs the served model under the push destination,
+                       paired per-domain AUC test; crocodile.pipeline.blessing)
       -> Pusher (only a blessed model; <serving_dir>/crocodile/<version>/)
+
+No Resolver node: the compiled Kubeflow YAML holds container executors only, which the
+open-source KFP backend runs (tests/pipeline/test_kubeflow_replay.py replays it).
 """
+import dataclasses
 import json
 import os
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from tfx import v1 as tfx
 
 from crocodile.model.features import FeatureConfig
+from crocodile.model.comparison import BlessingRule
 from crocodile.pipeline import configs, evaluation
+from crocodile.pipeline.blessing import BlessingGate
 from crocodile.pipeline.components import AnomaliesGate, CuratedSchemaGen
 from crocodile.pipeline.data_source import CSV, TFRECORD
 
@@ -65,7 +73,7 @@ def create_pipeline(
     eval_steps: int = configs.EVAL_STEPS,
     distribution_strategy: str = configs.DEFAULT_DISTRIBUTION_STRATEGY,
     schema_path: Optional[str] = None,
-    threshold_domains: Iterable[int] = (),
+    blessing_rule: Optional[BlessingRule] = None,
     beam_pipeline_args: Sequence[str] = configs.DIRECT_RUNNER_ARGS,
     metadata_connection_config=None,
     enable_cache: bool = True,
@@ -108,28 +116,31 @@ def create_pipeline(
         custom_config=trainer_custom_config(
             feature_config, model_name, hparams, distribution_strategy))
 
-    model_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        baseline_model=model_resolver.outputs["model"],
         schema=validated_schema,
-        eval_config=evaluation.build_eval_config(threshold_domains))
-    # Pusher checks the blessing itself: a model that is not blessed is recorded as not
-    # pushed and nothing is written under the serving directory.
+        eval_config=evaluation.build_eval_config())
+    serving_model_dir = os.path.join(serving_dir, configs.SERVING_MODEL_NAME)
+    rule = blessing_rule or configs.blessing_rule()
+    blessing_gate = BlessingGate(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        evaluation=evaluator.outputs["evaluation"],
+        serving_model_dir=serving_model_dir,
+        rule=json.dumps(dataclasses.asdict(rule), sort_keys=True),
+        domain_ids=json.dumps(list(range(feature_config.num_domains))),
+    ).with_id(configs.BLESSING_GATE_ID)
+    # Pusher checks the gate's blessing itself: a model that is not blessed is recorded as
+    # not pushed and nothing is written under the serving directory.
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
+        model_blessing=blessing_gate.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=os.path.join(serving_dir, configs.SERVING_MODEL_NAME))))
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))
 
     components = [example_gen, statistics_gen, *schema_components, example_validator, gate,
-                  transform, trainer, model_resolver, evaluator, pusher]
+                  transform, trainer, evaluator, blessing_gate, pusher]
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,

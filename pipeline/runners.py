@@ -78,20 +78,32 @@ class RunOutcome:
     blessed: bool
     pushed: bool
     pushed_destination: Optional[str]
-    validation_failures: List[str]
-    auc_by_slice: List[str] = dataclasses.field(default_factory=list)
+    decision: Optional[dict] = None   # the BlessingGate's blessing.json
+
+    @property
+    def reasons(self) -> List[str]:
+        return list((self.decision or {}).get("reasons", []))
 
     def describe(self) -> str:
-        lines = [f"evaluation: {line}" for line in self.auc_by_slice]
+        from crocodile.pipeline.model_compare import summary_lines
+
+        lines = []
+        if self.decision is not None:
+            baseline = self.decision.get("baseline_model")
+            lines.append(f"blessing gate: candidate vs {'served model ' + baseline if baseline else 'no baseline (nothing pushed yet): absolute check only'}"
+                         f" on {self.decision['eval_rows']} eval rows, {self.decision['eval_clicks']} clicks")
+            lines += [f"  {line}" for line in summary_lines(self.decision)]
         lines.append(f"model blessed: {'yes' if self.blessed else 'no'}")
-        lines += [f"  failed check: {line}" for line in self.validation_failures]
+        lines += [f"  reason: {line}" for line in self.reasons]
         lines.append(f"pushed to: {self.pushed_destination}" if self.pushed
                      else "pushed: no (the serving directory is unchanged)")
         return "\n".join(lines)
 
 
-def _latest_artifact(store, type_name: str):
+def _latest_artifact(store, type_name: str, producer: Optional[str] = None):
     artifacts = store.get_artifacts_by_type(type_name)
+    if producer is not None:  # output URIs are <pipeline_root>/<node id>/<output key>/<execution id>
+        artifacts = [a for a in artifacts if f"/{producer}/" in a.uri]
     return max(artifacts, key=lambda a: a.id) if artifacts else None
 
 
@@ -102,81 +114,18 @@ def _custom(artifact, key: str, default=None):
     return value.int_value if value.HasField("int_value") else value.string_value
 
 
-def _describe_failure(failure) -> str:
-    """E.g. 'AUC change vs baseline = -0.01234, needs >= -0.002'."""
-    name = failure.metric_key.name
-    value = failure.metric_value.double_value.value
-    threshold = failure.metric_threshold
-    if failure.message:
-        return f"{name}: {failure.message.strip()}"
-    if threshold.HasField("change_threshold"):
-        return (f"{name} change vs baseline = {value:+.5f}, needs >= "
-                f"{threshold.change_threshold.absolute.value:+.5f}")
-    bound = threshold.value_threshold
-    parts = []
-    if bound.HasField("lower_bound"):
-        parts.append(f">= {bound.lower_bound.value:g}")
-    if bound.HasField("upper_bound"):
-        parts.append(f"<= {bound.upper_bound.value:g}")
-    return f"{name} = {value:.5f}, needs {' and '.join(parts)}"
-
-
-def _slice_name(single_slice_keys) -> str:
-    def value(key):
-        kind = key.WhichOneof("kind")
-        return key.bytes_value.decode() if kind == "bytes_value" else getattr(key, kind)
-    return ", ".join(f"{k.column}={value(k)}" for k in single_slice_keys) or "overall"
-
-
-def auc_by_slice(evaluation_uri: str) -> List[str]:
-    """'overall: AUC 0.6123 (baseline 0.6001) on 4000 eval rows', then one line per domain."""
-    import tensorflow_model_analysis as tfma
-
-    rows = []
-    for metrics in tfma.load_metrics(evaluation_uri):
-        values = {}
-        for item in metrics.metric_keys_and_values:
-            if item.key.name in ("auc", "example_count") and not item.key.is_diff:
-                role = "baseline" if item.key.model_name == "baseline" else "candidate"
-                values[(item.key.name, role)] = item.value.double_value.value
-        if ("auc", "candidate") not in values:
-            continue
-        line = f"{_slice_name(metrics.slice_key.single_slice_keys)}: AUC {values[('auc', 'candidate')]:.4f}"
-        if ("auc", "baseline") in values:
-            line += f" (baseline {values[('auc', 'baseline')]:.4f})"
-        line += f" on {int(values.get(('example_count', 'candidate'), 0))} eval rows"
-        rows.append(line)
-    return sorted(rows, key=lambda line: (not line.startswith("overall"), line))
-
-
-def validation_failures(evaluation_uri: str) -> List[str]:
-    """Readable lines for each failed TFMA threshold and missing slice of an evaluation."""
-    import tensorflow_model_analysis as tfma
-
-    result = tfma.load_validation_result(evaluation_uri)
-    lines = []
-    for per_slice in result.metric_validations_per_slice:
-        slice_name = _slice_name(per_slice.slice_key.single_slice_keys)
-        for failure in per_slice.failures:
-            lines.append(f"{slice_name}: {_describe_failure(failure)}")
-    for missing in result.missing_slices:
-        lines.append(f"missing slice {dict(missing.feature_values)}")
-    return lines
-
-
 def read_outcome(pipeline_root: str) -> RunOutcome:
-    """Blessing and push of the latest run recorded under ``pipeline_root``."""
+    """Blessing (with the gate's numbers) and push of the latest run recorded under ``pipeline_root``."""
+    from crocodile.pipeline.blessing import read_decision
+
     with metadata.Metadata(metadata_connection_config(pipeline_root)) as m:
-        blessing = _latest_artifact(m.store, "ModelBlessing")
+        blessing = _latest_artifact(m.store, "ModelBlessing", producer=configs.BLESSING_GATE_ID)
         pushed_model = _latest_artifact(m.store, "PushedModel")
-        evaluation = _latest_artifact(m.store, "ModelEvaluation")
     blessed = bool(_custom(blessing, "blessed", 0))
     pushed = bool(_custom(pushed_model, "pushed", 0))
-    failures = validation_failures(evaluation.uri) if evaluation is not None and not blessed else []
     return RunOutcome(blessed=blessed, pushed=pushed,
                       pushed_destination=_custom(pushed_model, "pushed_destination") if pushed else None,
-                      validation_failures=failures,
-                      auc_by_slice=auc_by_slice(evaluation.uri) if evaluation is not None else [])
+                      decision=read_decision(blessing.uri) if blessing is not None else None)
 
 
 def _print_flush(line: str) -> None:
@@ -213,16 +162,72 @@ def run_local(pipeline, printer=_print_flush, verbose: bool = False) -> RunOutco
     return read_outcome(pipeline.pipeline_info.pipeline_root)
 
 
-def compile_kubeflow(pipeline, output_file: str, image: str) -> str:
-    """Writes the KFP v2 PipelineSpec for ``pipeline`` with ``image`` on every component."""
+def check_kubeflow_storage(pipeline_root: str, data: str, serving_dir: str,
+                           volume: Optional[str] = None,
+                           mount_path: str = configs.KFP_VOLUME_MOUNT_PATH) -> None:
+    """Raises ValueError unless every location is one all of a run's pods can reach.
+
+    On Kubeflow each step is its own pod: a plain path is that pod's own disk unless a
+    persistent volume claim is mounted there (``volume``, mounted at ``mount_path`` in
+    every step). The pipeline root must be an object store, because the KFP launcher maps
+    artifact URIs only for gs://, s3:// and minio:// (and TensorFlow opens no minio://).
+    """
+    if not pipeline_root.startswith(configs.KFP_PIPELINE_ROOT_SCHEMES):
+        raise ValueError(f"--pipeline-root {pipeline_root}: on Kubeflow the pipeline root must be a "
+                         f"{' or '.join(configs.KFP_PIPELINE_ROOT_SCHEMES)} URI (the KFP launcher stores "
+                         "artifacts only in object stores)")
+    mount = mount_path.rstrip("/") + "/"
+    for flag, location in (("--data", data), ("--serving-dir", serving_dir)):
+        if location.startswith(configs.KFP_DATA_SCHEMES):
+            continue
+        if volume and location.startswith(mount):
+            continue
+        where = (f"a path under the volume mount {mount_path}" if volume
+                 else f"a path on a volume mounted with --pvc NAME (at {mount_path})")
+        raise ValueError(f"{flag} {location}: on Kubeflow every step runs in its own pod; give a "
+                         f"{' or '.join(configs.KFP_DATA_SCHEMES)} URI or {where}")
+
+
+def _platform_spec(executor_labels, volume: str, mount_path: str) -> dict:
+    """KFP PlatformSpec document mounting PVC ``volume`` at ``mount_path`` in every executor
+    (the format kfp-kubernetes' ``mount_pvc`` writes and the backend's Argo compiler reads)."""
+    mount = {"mountPath": mount_path, "pvcNameParameter": {"runtimeValue": {"constant": volume}},
+             "constant": volume}
+    return {"platforms": {"kubernetes": {"deploymentSpec": {"executors": {
+        label: {"pvcMount": [dict(mount)]} for label in sorted(executor_labels)}}}}}
+
+
+def compile_kubeflow(pipeline, output_file: str, image: str, volume: Optional[str] = None,
+                     mount_path: str = configs.KFP_VOLUME_MOUNT_PATH) -> str:
+    """Writes the KFP v2 PipelineSpec for ``pipeline`` with ``image`` on every component.
+
+    Schema 2.1 (``use_pipeline_spec_2_1``): parameters are typed ``parameterValues`` with
+    ``runtimeValue.constant``, the form the open-source KFP driver resolves (it rejects the
+    2.0 ``constantValue``; backend/src/v2/driver/resolve.go). The pipeline root becomes the
+    spec's ``defaultPipelineRoot``; with ``volume`` a second YAML document (PlatformSpec)
+    mounts that persistent volume claim into every step.
+    """
+    import yaml
+
     if not output_file.endswith((".yaml", ".yml")):
         # kfp.Client uploads only .yaml/.yml (and archives); JSON is Vertex's PipelineJob.
         raise ValueError(f"{output_file}: the compiled pipeline must be a .yaml or .yml file")
     output_dir = os.path.dirname(os.path.abspath(output_file))
     os.makedirs(output_dir, exist_ok=True)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+            default_image=image, use_pipeline_spec_2_1=True),
         output_dir=output_dir,
         output_filename=os.path.basename(output_file))
     runner.run(pipeline, write_out=True)
-    return os.path.join(output_dir, os.path.basename(output_file))
+    path = os.path.join(output_dir, os.path.basename(output_file))
+    with open(path) as f:
+        spec = yaml.safe_load(f)
+    spec["defaultPipelineRoot"] = pipeline.pipeline_info.pipeline_root
+    documents = [spec]
+    if volume:
+        documents.append(_platform_spec(spec["deploymentSpec"]["executors"], volume, mount_path))
+    with open(path, "w") as f:
+        f.write("# PIPELINE DEFINITION (crocodile pipeline compile; KFP v2 PipelineSpec)\n")
+        yaml.safe_dump_all(documents, f, sort_keys=False)
+    return path

@@ -17,6 +17,7 @@ WORLD_FLAGS = {
     "random_exposure": "random_exposure_share",
     "days": "days",
 }
+DEFAULT_IMPRESSIONS = 200_000
 
 
 def register(subparsers) -> None:
@@ -26,7 +27,10 @@ def register(subparsers) -> None:
 
     gen = commands.add_parser("generate", help="simulate a multi-domain world and write its logs")
     gen.add_argument("--out", required=True, help="new (or empty) output folder")
-    gen.add_argument("--impressions", type=int, default=200_000, help="number of log rows (default 200000)")
+    gen.add_argument("--preset", help="a named world fixed before any model comparison: "
+                                      "demo | benchmark | null (see simulation/README.md); other flags apply on top")
+    gen.add_argument("--impressions", type=int,
+                     help="number of log rows (default: the preset's, else 200000)")
     gen.add_argument("--seed", type=int, default=0, help="seeds the world and the logs")
     gen.add_argument("--format", choices=("csv", "tfrecord"), default="csv", help="log file format")
     gen.add_argument("--shards", type=int, default=1, help="number of log files")
@@ -54,9 +58,12 @@ def register(subparsers) -> None:
 
 
 def generate_command(args) -> int:
-    from crocodile.simulation import dataset, staging
+    from crocodile.simulation import dataset, presets, staging
     from crocodile.simulation.world import World, WorldConfig
 
+    preset = presets.world_fields(args.preset) if args.preset else {}
+    if args.impressions is None:
+        args.impressions = presets.get(args.preset).impressions if args.preset else DEFAULT_IMPRESSIONS
     if args.impressions < 1:
         raise UserError(f"--impressions must be >= 1, got {args.impressions}")
     if args.shards < 1:
@@ -65,11 +72,12 @@ def generate_command(args) -> int:
     staging.check_output_dir(args.out)
     started = time.time()
     if args.world:
-        if overrides:
-            raise UserError(f"--world {args.world}: cannot be combined with --{', --'.join(overrides)}")
+        if overrides or preset:
+            flags = [f"--{flag.replace('_', '-')}" for flag in WORLD_FLAGS if getattr(args, flag) is not None]
+            raise UserError(f"--world {args.world}: cannot be combined with {', '.join(flags + (['--preset'] if preset else []))}")
         world = World.load(args.world)
     else:
-        world = World.create(WorldConfig(seed=args.seed, **overrides))
+        world = World.create(WorldConfig(seed=args.seed, **{**preset, **overrides}))
     with staging.staged_output_dir(args.out) as tmp:
         rows = dataset.write_world_dataset(tmp, world, args.impressions, args.seed, args.format,
                                            args.shards, progress=not args.quiet)

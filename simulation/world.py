@@ -18,12 +18,20 @@ the preferences per domain, and ``alpha_d`` is calibrated at creation so that th
 logging policy's traffic in domain d has the configured CTR.
 
 Purchase given click: sigmoid(purchase_logit + p_u + 0.3 c_i - price_sensitivity *
-(log price - price_log_mean)).
+(log price - price_log_mean) + purchase_affinity_scale * <t_u, v_i> / sqrt(D) + g_d), where
+``t_u`` is the user's purchase taste (correlated with ``e_u`` by purchase_taste_correlation)
+and ``g_d`` a per-domain purchase intercept: with both on, GMV carries information of its
+own rather than being CTR times the price mix.
+
+Where the domain structure sits is configurable: ``conflict_codes[d]`` says which conflict
+dimensions flip in domain d, and ``reference_domain`` is the one domain without a shift
+(-1: every domain is shifted). The named presets in crocodile.simulation.presets fix these
+choices before any model is compared.
 """
 import dataclasses
 import json
 import os
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -54,7 +62,10 @@ class WorldConfig:
     # Dimensions 0..num_conflict_dims-1 flip sign in domain d when bit j of d is set
     # (with 3: domain 1 flips dim 0, 2 flips dim 1, 3 flips dims 0 and 1, 4 flips dim 2).
     num_conflict_dims: int = 3
-    domain_shift_sigma: float = 0.5     # per-domain additive preference shift delta_d (domain 0: none)
+    # Per domain, bit j set = conflict dim j flips there; None = the domain index itself (above).
+    conflict_codes: Optional[Tuple[int, ...]] = None
+    domain_shift_sigma: float = 0.5     # per-domain additive preference shift delta_d
+    reference_domain: int = 0           # the domain without a shift; -1 = every domain is shifted
     affinity_scale: float = 1.0         # s: weight of the user x item latent interaction
     user_bias_sigma: float = 0.5        # b_u
     item_bias_sigma: float = 0.4        # noise part of c_i
@@ -74,6 +85,9 @@ class WorldConfig:
     purchase_logit: float = -2.2        # about 10 % of clicks buy at the mean price
     purchase_user_sigma: float = 0.5
     price_sensitivity: float = 0.8
+    purchase_affinity_scale: float = 0.0    # weight of <t_u, v_i> / sqrt(D) in the purchase logit
+    purchase_taste_correlation: float = 0.5  # corr(t_u, e_u) per latent dimension
+    purchase_domain_sigma: float = 0.0      # g_d ~ N(0, sigma^2): per-domain purchase intercept
     examination_eta: float = 0.7
     # Logging policy: candidates per request, slate size, and how it scores.
     candidates_per_request: int = 30
@@ -83,8 +97,21 @@ class WorldConfig:
     random_exposure_share: float = 0.05  # share of slots given to a uniformly random pool item
     start_timestamp: int = 1704067200   # 2024-01-01 00:00 UTC
     days: int = 14
+    preset: str = ""                    # the named preset this config came from, if any (recorded only)
 
     def __post_init__(self):
+        if self.conflict_codes is not None:
+            object.__setattr__(self, "conflict_codes", tuple(int(v) for v in self.conflict_codes))
+            if len(self.conflict_codes) != self.num_domains:
+                raise UserError(f"world config: conflict_codes has {len(self.conflict_codes)} values, "
+                                f"num_domains is {self.num_domains}")
+            if not all(0 <= v < 2 ** self.num_conflict_dims for v in self.conflict_codes):
+                raise UserError(f"world config: every conflict_codes value must lie in "
+                                f"[0, {2 ** self.num_conflict_dims - 1}] (num_conflict_dims bits)")
+        if not -1 <= self.reference_domain < self.num_domains:
+            raise UserError(f"world config: reference_domain must be -1 or a domain in [0, {self.num_domains - 1}]")
+        if not -1.0 <= self.purchase_taste_correlation <= 1.0:
+            raise UserError("world config: purchase_taste_correlation must lie in [-1, 1]")
         for name in ("domain_shares", "domain_ctr", "domain_pool_fraction"):
             value = tuple(float(v) for v in getattr(self, name))
             object.__setattr__(self, name, value)
@@ -117,14 +144,29 @@ class WorldConfig:
         return cls(**data)
 
 
-def domain_signs(num_domains: int, latent_dim: int, num_conflict_dims: int) -> np.ndarray:
-    """m_d: +1/-1 per (domain, dim); conflict dim j flips in domain d when bit j of d is set."""
+def domain_signs(num_domains: int, latent_dim: int, num_conflict_dims: int,
+                 conflict_codes: Optional[Tuple[int, ...]] = None) -> np.ndarray:
+    """m_d: +1/-1 per (domain, dim); conflict dim j flips in domain d when bit j of its code
+    is set (the code is conflict_codes[d], or d itself when no codes are given)."""
+    codes = range(num_domains) if conflict_codes is None else conflict_codes
     signs = np.ones((num_domains, latent_dim), dtype=np.float32)
-    for d in range(num_domains):
+    for d, code in enumerate(codes):
         for j in range(num_conflict_dims):
-            if (d >> j) & 1:
+            if (code >> j) & 1:
                 signs[d, j] = -1.0
     return signs
+
+
+def _build_purchase_arrays(config: WorldConfig, user_latent: np.ndarray) -> Dict[str, np.ndarray]:
+    """t_u and g_d, from their own random stream so the rest of the world is unchanged by them."""
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 3]))
+    rho = config.purchase_taste_correlation
+    noise = rng.standard_normal(user_latent.shape)
+    taste = rho * user_latent / (user_latent.std() + 1e-12) + np.sqrt(1.0 - rho ** 2) * noise
+    return {
+        "user_purchase_taste": taste.astype(np.float32),
+        "purchase_domain_bias": (config.purchase_domain_sigma * rng.standard_normal(config.num_domains)).astype(np.float32),
+    }
 
 
 def _build_arrays(config: WorldConfig) -> Dict[str, np.ndarray]:
@@ -165,7 +207,8 @@ def _build_arrays(config: WorldConfig) -> Dict[str, np.ndarray]:
     activity = np.exp(c.activity_sigma * rng.standard_normal(c.num_users))
     user_domain_taste = np.exp(c.user_domain_sigma * rng.standard_normal((c.num_users, c.num_domains)))
     domain_shift = c.domain_shift_sigma * rng.standard_normal((c.num_domains, dim))
-    domain_shift[0] = 0.0  # domain 0 is the reference domain
+    if c.reference_domain >= 0:
+        domain_shift[c.reference_domain] = 0.0
     pool_mask = np.zeros((c.num_domains, c.num_items), dtype=bool)
     for d, fraction in enumerate(c.domain_pool_fraction):
         size = max(c.candidates_per_request, int(round(fraction * c.num_items)))
@@ -183,11 +226,12 @@ def _build_arrays(config: WorldConfig) -> Dict[str, np.ndarray]:
         "item_bias": item_bias.astype(np.float32),
         "item_popularity": popularity,
         "item_price": price,
-        "domain_sign": domain_signs(c.num_domains, dim, c.num_conflict_dims),
+        "domain_sign": domain_signs(c.num_domains, dim, c.num_conflict_dims, c.conflict_codes),
         "domain_shift": domain_shift.astype(np.float32),
         "region_domain_bias": (c.region_domain_sigma * rng.standard_normal((c.num_regions, c.num_domains))).astype(np.float32),
         "domain_pool_mask": pool_mask,
         "domain_alpha": np.zeros(c.num_domains),
+        **_build_purchase_arrays(c, user_latent),
     }
 
 
@@ -196,6 +240,8 @@ class World:
 
     def __init__(self, config: WorldConfig, arrays: Dict[str, np.ndarray]):
         self.config = config
+        if "user_purchase_taste" not in arrays:  # a world saved before these arrays existed
+            arrays = {**arrays, **_build_purchase_arrays(config, arrays["user_latent"])}
         self.arrays = arrays
         for key, value in arrays.items():
             setattr(self, "_" + key, value)
@@ -337,8 +383,11 @@ class World:
         return self.examination_probability(position) * self.relevance_probability(user_idx, item_idx, domain)
 
     def purchase_probability(self, user_idx, item_idx, domain) -> np.ndarray:
-        """P(purchase | click); price-sensitive. Domain only broadcasts (choice left open)."""
-        user_idx, item_idx = np.asarray(user_idx), np.asarray(item_idx)
-        logit = (self.config.purchase_logit + self._user_purchase_bias[user_idx] + 0.3 * self._item_bias[item_idx]
-                 - self.config.price_sensitivity * (np.log(self._item_price[item_idx]) - self.config.price_log_mean))
-        return sigmoid(logit + 0.0 * np.asarray(domain))
+        """P(purchase | click): price-sensitive, with a user-item purchase affinity and a domain term."""
+        c = self.config
+        user_idx, item_idx, domain = np.asarray(user_idx), np.asarray(item_idx), np.asarray(domain)
+        affinity = np.sum(self._user_purchase_taste[user_idx] * self._item_latent[item_idx], axis=-1) / np.sqrt(c.latent_dim)
+        logit = (c.purchase_logit + self._user_purchase_bias[user_idx] + 0.3 * self._item_bias[item_idx]
+                 - c.price_sensitivity * (np.log(self._item_price[item_idx]) - c.price_log_mean)
+                 + c.purchase_affinity_scale * affinity + self._purchase_domain_bias[domain])
+        return sigmoid(logit)

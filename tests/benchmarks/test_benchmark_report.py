@@ -24,18 +24,27 @@ def test_t_interval_by_hand():
     assert single["n"] == 1 and math.isnan(single["ci"][0])
 
 
-def test_paired_differences_are_per_seed():
+def test_summary_and_markdown_show_the_ladder_and_epoch_cap_hits():
     runs = [_run("crocodile", 0, 0.70), _run("crocodile", 1, 0.80), _run("mmoe", 0, 0.69), _run("mmoe", 1, 0.78)]
-    summary = summarise(runs, ["crocodile", "mmoe"], oracle=None)
-    paired = summary["paired_vs_crocodile"]["mmoe"]["overall"]["auc"]
-    assert paired["mean"] == pytest.approx(-0.015)          # (-0.01 + -0.02) / 2, not the unpaired spread
+    for run, hit in zip(runs, (True, False, False, False)):
+        run.update(hit_epoch_cap=hit, epochs_run=4 if hit else 2, parameters=10, train_seconds=3.0)
+    summary = summarise(runs, ["crocodile", "mmoe"], ladder=None)
     assert summary["models"]["mmoe"]["0"]["auc"]["mean"] == pytest.approx(0.635)
-    report = {"summary": summary, "oracle": {"overall": {"auc": 0.9, "gauc": 0.8},
-                                             "domains": {"0": {"auc": 0.85, "gauc": 0.8}}},
+    assert summary["training"]["crocodile"]["hit_epoch_cap"] == 1
+    assert summary["training"]["mmoe"]["hit_epoch_cap"] == 0
+    ladder = {"ceiling (p_relevance)": {"overall": {"auc": 0.9, "gauc": 0.8}, "domains": {"0": {"auc": 0.85, "gauc": 0.8}}}}
+    paired = {"reference": "crocodile", "models": {"mmoe": {
+        "auc": {"overall": {"diff": 0.015, "ci": [0.005, 0.025], "verdict": "better"},
+                "0": {"diff": -0.01, "ci": [-0.03, 0.01], "verdict": "tie"}},
+        "gauc": {"overall": {}, "0": {}}}}}
+    report = {"summary": summary, "ladder": ladder, "paired": paired,
               "data": {"dir": "d", "rows_fit": 1, "rows_validation": 1, "rows_eval": 1,
-                       "eval_rows_by_domain": {"0": 1}}, "settings": {"seeds": 2}, "transform_seconds": 1.0}
+                       "eval_rows_by_domain": {"0": 1}, "eval_clicks_by_domain": {"0": 1}},
+              "settings": {"seeds": 2, "epoch_cap": 4}, "transform_seconds": 1.0}
     text = markdown(report)
-    assert "| oracle (true p_click) | 0.9000 | 0.8500 |" in text and "| mmoe | -0.0150" in text
+    assert "| *ceiling (p_relevance)* | 0.9000 | 0.8500 |" in text
+    assert "| mmoe | +0.0150 [+0.0050, +0.0250] **+** | -0.0100 [-0.0300, +0.0100] |" in text
+    assert "| crocodile | 10 | 2 | 1 | 4, 2 | 3 |" in text
 
 
 def test_cli_rejects_unknown_models_and_bad_hparams(tmp_path, capsys):

@@ -118,3 +118,22 @@ def test_seed_averaged_contrast_is_the_mean_of_per_seed_differences():
     assert result.estimate == pytest.approx(np.dot(weights, per_model))
     for combo in itertools.combinations(range(4), 2):
         assert np.isfinite(comparison.auc_contrast(labels, scores[list(combo)], [-1, 1]).se)
+
+
+def test_gauc_contrast_equals_the_gauc_difference_and_a_user_bootstrap_spread():
+    rng = np.random.default_rng(11)
+    users = rng.integers(0, 300, 6000)
+    taste = rng.normal(size=300)[users]
+    labels = (rng.random(6000) < 1 / (1 + np.exp(-(rng.normal(size=6000) - 1.5)))).astype(int)
+    a = labels * 0.8 + rng.normal(size=6000) + taste
+    b = labels * 0.6 + rng.normal(size=6000) + taste
+    result = comparison.gauc_contrast(labels, np.vstack([a, b]), [1, -1], users)
+    assert result.estimate == pytest.approx(metrics.gauc(labels, a, users) - metrics.gauc(labels, b, users))
+    boot = []
+    for _ in range(300):
+        pick = rng.integers(0, 300, 300)
+        rows = np.concatenate([np.flatnonzero(users == u) for u in pick])
+        # resampled users become distinct groups even when drawn twice
+        groups = np.concatenate([np.full((users == u).sum(), i) for i, u in enumerate(pick)])
+        boot.append(metrics.gauc(labels[rows], a[rows], groups) - metrics.gauc(labels[rows], b[rows], groups))
+    assert result.se == pytest.approx(np.std(boot), rel=0.25)

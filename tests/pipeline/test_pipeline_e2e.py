@@ -1,9 +1,10 @@
 """End to end: `crocodile pipeline run` on generated world logs, checked through ML Metadata.
 
-One pipeline root is shared by the module: the first run (a small Crocodile model) must be
-blessed and pushed; a second run with a crippled model reuses the cached ExampleGen,
-StatisticsGen and Transform, must not be blessed, and must leave the pushed version
-untouched.
+One pipeline root is shared by the module: the first run (a small Crocodile model) has no
+baseline (nothing pushed yet), must be blessed and pushed; a second run with a crippled
+model reuses the cached ExampleGen, StatisticsGen and Transform, is compared by the
+BlessingGate with the pushed version, must not be blessed, and must leave the pushed
+version untouched.
 """
 import contextlib
 import glob
@@ -28,14 +29,14 @@ from crocodile.serving.examples import make_example
 pytestmark = pytest.mark.slow
 
 SMALL_HPARAMS = {"embedding_dim": 8, "num_embedding_sets": 2, "expert_units": [16], "tower_units": [8],
-                 "prior_embedding_dim": 8, "batch_size": 256, "epochs": 2}
+                 "prior_embedding_dim": 8, "batch_size": 256, "epochs": 2,
+                 "learning_rate": 0.01}
 # In-process Beam: on two shared cores, starting Beam worker processes for each of the
 # five Beam components costs minutes for these few rows. The multi-processing default
 # runs in benchmarks/pipeline.py and `make demo`.
 BEAM_ARGS = ["--beam-arg=--direct_running_mode=in_memory", "--beam-arg=--direct_num_workers=1"]
 COMPONENTS = {"CsvExampleGen", "StatisticsGen", "SchemaGen", "CuratedSchemaGen", "ExampleValidator",
-              "AnomaliesGate", "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator",
-              "Pusher"}
+              "AnomaliesGate", "Transform", "Trainer", "Evaluator", "BlessingGate", "Pusher"}
 COMPLETE, CACHED = 3, 5  # ml_metadata Execution.State
 
 
@@ -92,6 +93,7 @@ def test_first_run_is_blessed_and_pushed_to_a_versioned_base_path(first_run):
     pushed = os.path.join(first_run["serving"], "crocodile", versions[0])
     assert os.path.exists(os.path.join(pushed, "saved_model.pb"))
     assert f"pushed to: {pushed}" in first_run["output"]
+    assert "no baseline (nothing pushed yet)" in first_run["output"]
 
 
 def test_every_component_ran_once_and_succeeded(first_run):
@@ -147,9 +149,43 @@ def test_worse_model_is_not_blessed_and_the_pushed_version_stays_untouched(first
                             "--hparams", json.dumps(crippled), *BEAM_ARGS])
     assert code == 0, output
     assert "model blessed: no" in output and "pushed: no" in output, output
-    assert "auc" in output.lower()  # the failed check is named
+    assert "significantly below" in output  # the failed check is named, with its interval
     assert file_states(first_run["serving"]) == before
+    # The gate compared with the served version, and its JSON holds every number.
+    (version,) = os.listdir(os.path.join(first_run["serving"], "crocodile"))
+    blessing_uri = latest_artifact_uri(first_run["root"], "ModelBlessing")
+    assert "/BlessingGate/" in blessing_uri and os.path.exists(os.path.join(blessing_uri, "NOT_BLESSED"))
+    with open(os.path.join(blessing_uri, "blessing.json")) as f:
+        decision = json.load(f)
+    assert decision["baseline_model"] == os.path.join(first_run["serving"], "crocodile", version)
+    assert decision["blessed"] is False and decision["reasons"]
+    assert set(decision["domains"]) == {"0", "1", "2", "3", "4"}
+    assert decision["overall"]["ci_high"] < 0  # a model that learned nothing is clearly worse
+    for domain, result in decision["domains"].items():
+        assert f"domain {domain}" in output and result["status"] in output
     executions = executions_by_node(first_run["root"])
     for cached in ("CsvExampleGen", "StatisticsGen", "Transform"):
         assert [e.last_known_state for e in executions[cached]] == [COMPLETE, CACHED], cached
     assert [e.last_known_state for e in executions["Trainer"]] == [COMPLETE, COMPLETE]
+
+
+def test_model_compare_takes_the_gates_decision_on_the_same_eval_rows(first_run):
+    """`crocodile model compare` on the pipeline's eval split reproduces the BlessingGate's numbers."""
+    blessing_uri = latest_artifact_uri(first_run["root"], "ModelBlessing")
+    with open(os.path.join(blessing_uri, "blessing.json")) as f:
+        gate = json.load(f)
+    config = tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        os.path.join(first_run["root"], "metadata.sqlite"))
+    with metadata.Metadata(config) as m:  # ExampleGen's raw examples, not Transform's output
+        (examples,) = [a.uri for a in m.store.get_artifacts_by_type("Examples") if "/CsvExampleGen/" in a.uri]
+    code, output = run_cli(["model", "compare", "--baseline", gate["baseline_model"],
+                            "--candidate", gate["candidate_model"], "--data", examples, "--domains", "5", "--json"])
+    assert code == 0, output
+    compared = json.loads(output)
+    assert compared["blessed"] is gate["blessed"] is False
+    assert compared["reasons"] == gate["reasons"]
+    assert compared["eval_rows"] == gate["eval_rows"]
+    for key in ("diff", "se", "ci_low", "ci_high", "baseline_auc", "candidate_auc"):
+        assert compared["overall"][key] == pytest.approx(gate["overall"][key], abs=1e-9), key
+    assert {d: r["status"] for d, r in compared["domains"].items()} == \
+        {d: r["status"] for d, r in gate["domains"].items()}

@@ -1,7 +1,6 @@
 """Curated schema and Evaluator config, checked without running a pipeline."""
 import pandas as pd
 import tensorflow_data_validation as tfdv
-import tensorflow_model_analysis as tfma
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from crocodile.model.features import WORLD_FEATURES
@@ -61,22 +60,12 @@ def test_each_defect_is_named():
     assert any("'domain_id'" in line for line in _anomalies(_frame(domain_id=[-1, 0, 1, 1])))
 
 
-def test_domains_get_thresholds_only_with_enough_expected_eval_rows():
-    # eval fraction 0.2, 50 rows x margin 2 = 100 expected eval rows needed.
-    counts = {0: 10_000, 1: 500, 2: 499, 3: 20}
-    assert evaluation.domains_with_enough_rows(counts, eval_fraction=0.2, min_rows=50, margin=2) == [0, 1]
-
-
-def test_eval_config_thresholds():
-    config = evaluation.build_eval_config(threshold_domains=[1, 0])
-    (auc,) = [m for m in config.metrics_specs[0].metrics if m.class_name == "AUC"]
-    slices = [t.slicing_specs[0] for t in auc.per_slice_thresholds]
-    assert slices[0] == tfma.SlicingSpec()  # overall
-    assert [dict(s.feature_values) for s in slices[1:]] == [{"domain_id": "0"}, {"domain_id": "1"}]
-    overall = auc.per_slice_thresholds[0].threshold
-    assert overall.value_threshold.lower_bound.value == 0.5
-    assert overall.change_threshold.direction == tfma.MetricDirection.HIGHER_IS_BETTER
-    assert overall.change_threshold.absolute.value < 0
+def test_eval_config_reports_metrics_and_gates_nothing():
+    config = evaluation.build_eval_config()
+    (spec,) = config.metrics_specs
+    assert {m.class_name for m in spec.metrics} >= {"AUC", "ExampleCount", "Calibration", "CalibrationPlot"}
+    # The BlessingGate decides; a TFMA threshold would be a second, point-estimate gate.
+    assert all(not m.threshold.ByteSize() and not m.per_slice_thresholds for m in spec.metrics)
+    assert not config.model_specs[0].is_baseline and len(config.model_specs) == 1
     assert [s.feature_keys for s in config.slicing_specs] == [[], ["domain_id"]]
     assert config.model_specs[0].label_key == "click"
-    assert config.model_specs[0].preprocessing_function_names == ["transform_features"]

@@ -60,9 +60,16 @@ def test_describe_oracle_matches_scoring_with_true_probabilities(csv_dir, capsys
         assert row["ctr"] == pytest.approx(part["click"].mean())
         assert row["purchase_rate"] == pytest.approx(part["purchase"].mean())
         assert row["oracle_auc"] == pytest.approx(metrics.auc(part["click"], part["p_click"]))
+        assert row["ceiling_auc"] == pytest.approx(metrics.auc(part["click"], part["p_relevance"]))
+        assert row["median_impressions_per_user"] == part.groupby("user_id").size().median()
+    assert summary["overall"]["ceiling_gauc"] == pytest.approx(
+        metrics.gauc(joined["click"], joined["p_relevance"], joined["user_id"]))
+    # Position matters in this world, so the position-blind ceiling sits below the p_click oracle.
+    assert summary["overall"]["ceiling_auc"] < summary["overall"]["oracle_auc"]
     assert summary["overall"]["impressions"] == 30005
     code, table, _ = run(capsys, "data", "describe", csv_dir)
-    assert code == 0 and "oracle AUC" in table and len(table.splitlines()) == 9  # title, header, 5 domains, all, note
+    assert code == 0 and "ceiling AUC" in table and "p_click AUC" in table
+    assert len(table.splitlines()) == 11  # title, header, 5 domains, all, 3 notes
 
 
 def test_refuses_to_overwrite_and_bad_flags(csv_dir, capsys, tmp_path):
@@ -108,3 +115,19 @@ def test_same_seed_same_bytes(csv_dir, tmp_path):
             assert a.read() == b.read()
     np.testing.assert_array_equal(np.load(os.path.join(csv_dir, "world", "world_arrays.npz"))["item_price"],
                                   np.load(os.path.join(out, "world", "world_arrays.npz"))["item_price"])
+
+
+def test_generate_with_a_preset_records_it_and_flags_apply_on_top(capsys, tmp_path):
+    out = str(tmp_path / "preset")
+    code, _, _ = run(capsys, "data", "generate", "--preset", "null", "--out", out, "--impressions", "2000",
+                     "--users", "300", "--quiet")
+    assert code == 0
+    with open(os.path.join(out, "world", "world_config.json")) as f:
+        config = json.load(f)
+    assert config["preset"] == "null" and config["num_conflict_dims"] == 0 and config["num_users"] == 300
+    assert len(pd.read_csv(os.path.join(out, "logs", "part-00000.csv"))) == 2000
+    code, _, err = run(capsys, "data", "generate", "--preset", "nope", "--out", str(tmp_path / "n"))
+    assert code == 2 and "demo, benchmark, null" in err and not (tmp_path / "n").exists()
+    code, _, err = run(capsys, "data", "generate", "--preset", "demo", "--world", os.path.join(out, "world"),
+                       "--out", str(tmp_path / "w"))
+    assert code == 2 and "--preset" in err
