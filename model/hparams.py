@@ -70,6 +70,24 @@ class HParams:
     adasparse_alpha_init: float = 1.0
     adasparse_alpha_step: float = 1e-4   # alpha grows by this per training step, capped
     adasparse_alpha_max: float = 5.0
+    # CCTL (Zhang et al., KDD 2023; model/cctl.py). Every domain is a target in turn.
+    cctl_information_flow: bool = True   # False: uniform source weights 1, no companion / IFN (ablation)
+    cctl_sync_every: int = 100           # k: pure tower <- mixed tower every k steps (I: k)
+    cctl_ifn_units: Tuple[int, ...] = (32,)   # information flow network hidden layers (I)
+    cctl_contrastive_weight: float = 0.1      # representation enhancement; 0 = off (ablation) (I)
+    cctl_contrastive_temperature: float = 0.2  # (I)
+    cctl_contrastive_rows: int = 256     # rows sampled per step for the O(n^2) contrastive loss (I)
+    cctl_projection_dim: int = 16        # contrastive projection head width (I)
+    # EDDA (Ning et al., CIKM 2023; model/edda.py, model/edda_alignment.py).
+    edda_intra_embeddings: bool = True   # False: the intra-domain part reads the shared embeddings (ablation)
+    edda_alignment_weight: float = 0.1   # coe_dis (I: value); 0 = no domain alignment (ablation)
+    edda_alignment_batch: int = 512      # pairs per kind sampled per step (I); all when fewer
+    edda_walks_per_node: int = 500       # (P)
+    edda_user_walk_length: int = 4       # (P)
+    edda_item_walk_length: int = 3       # (P)
+    edda_top_k: int = 1                  # (P: 1 or 3)
+    edda_walk_edges: str = "click"       # "click" | "impression" (I)
+    edda_max_anchors: int = 2048         # most visited overlapping users kept (I)
     # Optimisation.
     learning_rate: float = 1e-3
     clipnorm: float = 10.0
