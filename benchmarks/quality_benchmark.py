@@ -141,6 +141,8 @@ def train_one(name: str, seed: int, data, feature_config, vocab_sizes, hparams: 
     tf.keras.utils.set_random_seed(seed)
     network_name, hparams = model_spec(name, hparams)
     model = build_model(network_name, feature_config, vocab_sizes, {**hparams, "seed": seed})
+    if model.training_data_columns:            # EDDA: alignment pairs from the fit rows only
+        model.prepare_training_data(fit_arrays)
     batch = model.hparams.batch_size
     start = time.perf_counter()
     history = fit(model, make_dataset(fit_arrays, batch, shuffle=True, seed=seed),

@@ -6,8 +6,9 @@ outputs (training only), + embedding L2 (the prior tables included), + the optio
 and study terms of `HParams` (lambda warm-up, stratified rows, variance hinge, gate
 shrinkage). Everything here except `network` is training-only and is never exported.
 """
-from typing import Optional
+from typing import Mapping, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
@@ -36,6 +37,18 @@ class MultiDomainModel(tfrs.Model):
 
     def call(self, features, training=None):
         return self.network(features, training=training)
+
+    # Models whose training needs statistics of the training split (EDDA's alignment pairs)
+    # name the transformed columns here; the Trainer and the benchmark then pass those columns
+    # of the training split, and only of it, to `prepare_training_data` before fitting.
+    training_data_columns: Tuple[str, ...] = ()
+
+    def prepare_training_data(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Hook for `training_data_columns` (none here)."""
+
+    def auxiliary_loss(self, features, labels, outputs, domain) -> tf.Tensor:
+        """Training-only terms of subclasses (CCTL, EDDA), added in the training step only."""
+        return tf.constant(0.0)
 
     def regularised_tables(self):
         """Tables under the embedding L2: every embedding table, and the prior tables
@@ -96,6 +109,7 @@ class MultiDomainModel(tfrs.Model):
                 loss += h.embedding_l2 * self.embedding_l2()
             if h.gate_shrinkage > 0 and hasattr(self.network, "domain_gate_kernel"):   # models read what they use
                 loss += h.gate_shrinkage * self.gate_shrinkage()
+            loss += self.auxiliary_loss(features, labels, outputs, domain)
             # Per-replica means: the optimizer sums replicas' gradients under tf.distribute.
             loss = loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
         self.bce_tracker.update_state(bce)

@@ -4,8 +4,10 @@ Call inside `strategy.scope()` when training with tf.distribute.
 """
 from typing import Callable, Dict, Mapping
 
+from crocodile.model.cctl import CCTLNetwork, build_cctl_model
 from crocodile.model.crocodile_network import CrocodileNetwork
 from crocodile.model.domain_networks import AdaSparseNetwork, HiNetNetwork, MLoRANetwork, PEPNetNetwork
+from crocodile.model.edda import EDDANetwork, build_edda_model
 from crocodile.model.features import FeatureConfig
 from crocodile.model.hparams import resolve
 from crocodile.model.moe_networks import MMoENetwork, ProgressiveNetwork, SharedBottomNetwork, SingleDomainNetwork
@@ -26,8 +28,15 @@ _NETWORKS: Dict[str, Callable] = {
     "adasparse": AdaSparseNetwork,
     "mlora": MLoRANetwork,
     "crocodile": CrocodileNetwork,
+    "cctl": CCTLNetwork,
+    "edda": EDDANetwork,
 }
 MODEL_NAMES = tuple(_NETWORKS)
+# Models whose training model adds training-only parts of its own around the network.
+_TRAINING_MODELS: Dict[str, Callable] = {
+    "cctl": build_cctl_model,
+    "edda": build_edda_model,
+}
 
 
 def build_model(name: str, feature_config: FeatureConfig, vocab_sizes: Mapping[str, int], hparams=None) -> MultiDomainModel:
@@ -40,5 +49,7 @@ def build_model(name: str, feature_config: FeatureConfig, vocab_sizes: Mapping[s
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
     h = resolve(name, hparams)
     network = _NETWORKS[name](feature_config, vocab_sizes, h, name=f"{name}_network")
+    if name in _TRAINING_MODELS:
+        return _TRAINING_MODELS[name](network, h, feature_config, vocab_sizes, name=name)
     disentangle = h.disentangle_loss if name == "crocodile" else None
     return MultiDomainModel(network, h, feature_config.num_domains, disentangle=disentangle, name=name)

@@ -128,6 +128,23 @@ class EpochProgress(tf.keras.callbacks.Callback):
               flush=True)
 
 
+def training_split_columns(fn_args, tft_output, columns) -> dict:
+    """Named transformed columns of the TRAINING split (``fn_args.train_files``, never the eval
+    files), read once, as NumPy arrays: for models whose training needs statistics of the
+    training data (EDDA's alignment pairs; ``model.training_data_columns``). Computing them
+    here keeps them on exactly the rows the model trains on, with no extra component."""
+    import numpy as np
+
+    dataset = fn_args.data_accessor.tf_dataset_factory(
+        fn_args.train_files, tfxio.TensorFlowDatasetOptions(batch_size=65536, num_epochs=1, shuffle=False),
+        tft_output.transformed_metadata.schema)
+    parts = {c: [] for c in columns}
+    for batch in dataset:
+        for c in columns:
+            parts[c].append(batch[c].numpy().reshape(-1))
+    return {c: np.concatenate(v) if v else np.zeros(0, np.int64) for c, v in parts.items()}
+
+
 def network_checkpoint_path(model_run_dir: str) -> str:
     return os.path.join(model_run_dir, NETWORK_CHECKPOINT_DIR, NETWORK_CHECKPOINT_PREFIX)
 
@@ -161,6 +178,8 @@ def run_fn(fn_args) -> None:
           flush=True)
     with strategy.scope():
         model = registry.build_model(model_name, feature_config, sizes, hparams)
+    if model.training_data_columns:
+        model.prepare_training_data(training_split_columns(fn_args, tft_output, model.training_data_columns))
     tensorboard = tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")
     history = training.fit(
         model, train_ds, eval_ds, hparams, callbacks=[tensorboard, EpochProgress(epochs, steps_per_epoch)],

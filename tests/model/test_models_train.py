@@ -24,6 +24,8 @@ def test_every_model_lowers_its_loss_on_a_learnable_toy_problem(name, toy_data, 
     tf.keras.utils.set_random_seed(0)
     features, labels = toy_data
     model = build_model(name, WORLD_FEATURES, vocab_sizes, tiny_hparams)
+    if model.training_data_columns:      # EDDA: alignment pairs from the training rows
+        model.prepare_training_data({**features, "click": labels})
     compile_model(model, resolve(name, tiny_hparams))
     dataset = tf.data.Dataset.from_tensor_slices((features, labels)).batch(256)
     before = _eval_bce(model, features, labels)

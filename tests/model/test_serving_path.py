@@ -27,6 +27,8 @@ def test_saved_network_predicts_the_same_and_holds_no_training_only_state(name, 
     features, labels = toy_data
     batch = ({k: v[:256] for k, v in features.items()}, labels[:256])
     model = build_model(name, WORLD_FEATURES, vocab_sizes, tiny_hparams)
+    if model.training_data_columns:      # EDDA: alignment pairs from the training rows
+        model.prepare_training_data({**batch[0], "click": batch[1]})
     compile_model(model, resolve(name, tiny_hparams))
     model.fit(tf.data.Dataset.from_tensor_slices(batch).batch(128), epochs=1, verbose=0)
     assert model.optimizer.variables and model.metrics       # the outer model has both

@@ -100,7 +100,10 @@ def test_commands_end_to_end_and_graceful_router_shutdown(config_path, tmp_path,
         assert sum(line["status"] == "OK" for line in logged) == len(answered) + 1
         # No request was cut off: every logged request succeeded, and the clients only saw refusals.
         assert {line["status"] for line in logged} == {"OK", "INVALID_ARGUMENT"}  # the domain-9 score call
-        assert set(refused) <= {"UNAVAILABLE"}
+        # gRPC core refuses calls that reach a stopping server before any handler ran with UNAVAILABLE or,
+        # depending on timing, CANCELLED ("server shutdown"). A cut-off in-flight call would still be logged
+        # as handled, so the count check above is what catches it.
+        assert set(refused) <= {"UNAVAILABLE", "CANCELLED"}
         print(f"SIGTERM under load: {len(answered)} answered and logged, {len(refused)} refused after the stop")
         assert "draining" in open(tmp_path / "router.log").read()
     finally:
@@ -119,3 +122,13 @@ def test_model_server_refuses_labels_at_start_without_the_flag_as_tf_serving(con
     assert crocodile_main(["model-server", "--port", "0", "--model_config_file", config_path,
                            "--batching_parameters_file", config_path]) == 2
     assert "--enable_batching" in capsys.readouterr().err
+
+
+def test_tensorflow_parallelism_flags_follow_tf_serving_rules():
+    from crocodile.errors import UserError
+    from crocodile.serving.cli import STAND_IN_OP_THREADS, tensorflow_parallelism
+    assert tensorflow_parallelism(0, 0, 0) == (STAND_IN_OP_THREADS, STAND_IN_OP_THREADS)
+    assert tensorflow_parallelism(4, 0, 0) == (4, 4)
+    assert tensorflow_parallelism(4, 2, 0) == (2, STAND_IN_OP_THREADS)  # intra/inter win over session
+    with pytest.raises(UserError, match="You cannot configure all"):
+        tensorflow_parallelism(4, 2, 2)
