@@ -339,6 +339,7 @@ def run(args) -> int:
     _crocodile("abtest", "offline", "--stable", os.path.join(base, str(stable)),
                "--canary", candidate_dir, "--policy", policy, "--world", data,
                "--impressions", offline_impressions, "--cuped-impressions", pre_period,
+               "--candidate-status", f"{'blessed' if blessed else 'NOT blessed'} by the pipeline",
                "--report", paths["abtest_offline"])
     steps.finish()
 
