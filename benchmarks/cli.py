@@ -45,6 +45,11 @@ def add_speed_arguments(parser) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds after warm-up (default: %(default)s)")
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     parser.add_argument("--hparams", default=None, help="JSON dict of hyperparameter overrides")
+    parser.add_argument("--variants", default=None,
+                        help='JSON {"name": ["model", {overrides}], ...} to time instead of crocodile with / without '
+                             'CovLoss and MMoE; ratios are then each variant over the first, e.g. '
+                             '\'{"rows32": ["crocodile", {"disentangle_rows": 32}], "rows256": ["crocodile", '
+                             '{"disentangle_rows": 256}]}\'')
 
 
 def _hparams(text):
@@ -111,9 +116,36 @@ def run_quality(args) -> int:
     return 0
 
 
+def _variants(text):
+    """--variants JSON -> {name: (model, overrides)}, each checked like --hparams."""
+    from crocodile.errors import UserError
+    from crocodile.model.hparams import resolve
+    from crocodile.model.registry import MODEL_NAMES
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"--variants: not JSON ({error})") from error
+    if not isinstance(value, dict) or not value:
+        raise UserError("--variants: must be a non-empty JSON object")
+    variants = {}
+    for name, spec in value.items():
+        if not (isinstance(spec, list) and len(spec) == 2 and spec[0] in MODEL_NAMES and isinstance(spec[1], dict)):
+            raise UserError(f"--variants: {name!r} must be [model name, {{overrides}}] with a model from "
+                            f"{', '.join(MODEL_NAMES)}")
+        try:
+            resolve(spec[0], spec[1])
+        except (ValueError, TypeError) as error:
+            raise UserError(f"--variants: {name!r}: {error}") from error
+        variants[name] = (spec[0], spec[1])
+    return variants
+
+
 def run_speed(args) -> int:
     from crocodile.benchmarks.speed_benchmark import run
-    result = run(batch_size=args.batch_size, steps=args.steps, repeats=args.repeats, hparams=_hparams(args.hparams))
+    result = run(batch_size=args.batch_size, steps=args.steps, repeats=args.repeats, hparams=_hparams(args.hparams),
+                 variants=_variants(getattr(args, "variants", None)))
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

@@ -117,9 +117,16 @@ def score(labels, scores, users, domains) -> dict:
     return {"overall": result["overall"], "domains": {str(k): v for k, v in result["domains"].items()}}
 
 
-def train_one(name: str, seed: int, data, feature_config, vocab_sizes, hparams: dict, epochs: int) -> dict:
-    """Trains one model with one seed; returns its eval metrics, diagnostics, timings and
-    (under "eval_probabilities", not written to JSON) its eval predictions."""
+def train_one(name: str, seed: int, data, feature_config, vocab_sizes, hparams: dict, epochs: int,
+              scored: str = "eval", diagnostic_rows: Optional[int] = DIAGNOSTIC_ROWS) -> dict:
+    """Trains one model with one seed; returns its metrics, diagnostics, timings and (under
+    "eval_probabilities", not written to JSON) its predictions on the scored rows.
+
+    data = (fit, validation, eval) arrays; early stopping reads validation. `scored` picks
+    the rows scored and diagnosed: "eval" (the held-out rows) or "validation" (for choosing
+    settings without touching eval). `diagnostic_rows`: rows for the expert statistics
+    (None: every scored row, so the cross-expert covariance is the full-set value).
+    """
     import tensorflow as tf
 
     from crocodile.model import diagnostics
@@ -128,6 +135,9 @@ def train_one(name: str, seed: int, data, feature_config, vocab_sizes, hparams: 
     from crocodile.pipeline.transform_local import make_dataset
 
     fit_arrays, val_arrays, eval_arrays = data
+    if scored not in ("eval", "validation"):
+        raise ValueError(f"scored must be 'eval' or 'validation', got {scored!r}")
+    scored_arrays = eval_arrays if scored == "eval" else val_arrays
     tf.keras.utils.set_random_seed(seed)
     network_name, hparams = model_spec(name, hparams)
     model = build_model(network_name, feature_config, vocab_sizes, {**hparams, "seed": seed})
@@ -136,22 +146,51 @@ def train_one(name: str, seed: int, data, feature_config, vocab_sizes, hparams: 
     history = fit(model, make_dataset(fit_arrays, batch, shuffle=True, seed=seed),
                   make_dataset(val_arrays, PREDICT_BATCH, shuffle=False), epochs=epochs, verbose=0)
     train_seconds = time.perf_counter() - start
-    probabilities = predict(model.network, eval_arrays)
-    metrics = score(eval_arrays["click"], probabilities, eval_arrays["user_id"], eval_arrays["domain_id_xf"])
-    sample = {k: v[:DIAGNOSTIC_ROWS] for k, v in eval_arrays.items() if k.endswith("_xf")}
+    probabilities = predict(model.network, scored_arrays)
+    metrics = score(scored_arrays["click"], probabilities, scored_arrays["user_id"], scored_arrays["domain_id_xf"])
+    features = {k: v[:diagnostic_rows] for k, v in scored_arrays.items() if k.endswith("_xf")}
+    batches = [{k: v[i:i + PREDICT_BATCH] for k, v in features.items()}
+               for i in range(0, len(features["domain_id_xf"]), PREDICT_BATCH)]
     epochs_run = len(history.history["loss"])
     return {
-        "model": name, "seed": seed, "train_seconds": train_seconds,
+        "model": name, "seed": seed, "scored": scored, "train_seconds": train_seconds,
         "epochs_run": epochs_run, "epoch_cap": epochs, "hit_epoch_cap": epochs_run >= epochs,
         "eval_probabilities": probabilities,
         "val_auc_by_epoch": [float(x) for x in history.history.get("val_auc", [])],
+        "train_disentangle_loss_by_epoch": [float(x) for x in history.history.get("disentangle_loss", [])],
         "parameters": int(sum(np.prod(v.shape) for v in model.network.trainable_variables)),
         "metrics": metrics,
         "diagnostics": {
             "information_abundance": diagnostics.embedding_diagnostics(model.network, fit_arrays),
-            "experts": diagnostics.network_expert_statistics(model.network, [sample]),
+            "experts": diagnostics.network_expert_statistics(model.network, batches),
         },
     }
+
+
+def prepare_data(data_dir: str, out_dir: str, max_rows: Optional[int] = None):
+    """Transforms the logs (the pipeline's preprocessing_fn) and splits them.
+
+    Returns (feature_config, vocab_sizes, (fit, validation, eval) arrays, transformed,
+    transform_seconds). The split is fixed (it does not depend on model seeds).
+    """
+    from crocodile.model.features import FeatureConfig
+    from crocodile.pipeline.preprocessing import vocab_sizes as tft_vocab_sizes
+    from crocodile.pipeline.transform_local import analyze_and_transform
+
+    config_path = os.path.join(data_dir, "feature_config.json")
+    if not os.path.exists(config_path):
+        raise UserError(f"{config_path}: missing (write data with `crocodile data generate`)")
+    feature_config = FeatureConfig.load(config_path)
+    os.makedirs(out_dir, exist_ok=True)
+    start = time.perf_counter()
+    log.info("transforming %s%s", data_dir, f" (first {max_rows:,} rows)" if max_rows else "")
+    transformed = analyze_and_transform(data_dir, os.path.join(out_dir, "transform"), feature_config,
+                                        eval_fraction=EVAL_FRACTION, max_rows=max_rows)
+    transform_seconds = time.perf_counter() - start
+    log.info("transform done in %.0fs", transform_seconds)
+    vocab = tft_vocab_sizes(transformed.tft_output, feature_config)
+    fit_arrays, val_arrays = split_validation(transformed.train, VALIDATION_FRACTION)
+    return feature_config, vocab, (fit_arrays, val_arrays, transformed.eval), transformed, transform_seconds
 
 
 def run(data_dir: str, models: Sequence[str], seeds: int, out_dir: str, max_rows: Optional[int] = None,
@@ -160,10 +199,7 @@ def run(data_dir: str, models: Sequence[str], seeds: int, out_dir: str, max_rows
     """Runs the benchmark and writes quality.json, quality.md and PNG plots under out_dir."""
     from crocodile.benchmarks.benchmark_report import summarise, write_report
     from crocodile.benchmarks.paired_analysis import paired_summary
-    from crocodile.model.features import FeatureConfig
     from crocodile.model.hparams import HParams
-    from crocodile.pipeline.preprocessing import vocab_sizes as tft_vocab_sizes
-    from crocodile.pipeline.transform_local import analyze_and_transform
 
     unknown = [m for m in models if m not in all_models()]
     if unknown:
@@ -172,28 +208,16 @@ def run(data_dir: str, models: Sequence[str], seeds: int, out_dir: str, max_rows
         raise UserError(f"--reference {reference!r} is not among --models")
     if seeds < 1:
         raise UserError("--seeds must be >= 1")
-    config_path = os.path.join(data_dir, "feature_config.json")
-    if not os.path.exists(config_path):
-        raise UserError(f"{config_path}: missing (write data with `crocodile data generate`)")
     if os.path.exists(os.path.join(out_dir, "quality.json")):
         raise UserError(f"{out_dir}: holds an earlier benchmark report; choose a new --out")
-    feature_config = FeatureConfig.load(config_path)
-    os.makedirs(out_dir, exist_ok=True)
     hparams = dict(hparams or {})
     epochs = epochs or HParams().epochs
 
     start = time.perf_counter()
-    log.info("transforming %s%s", data_dir, f" (first {max_rows:,} rows)" if max_rows else "")
-    transformed = analyze_and_transform(data_dir, os.path.join(out_dir, "transform"), feature_config,
-                                        eval_fraction=EVAL_FRACTION, max_rows=max_rows)
-    transform_seconds = time.perf_counter() - start
-    log.info("transform done in %.0fs", transform_seconds)
-    vocab = tft_vocab_sizes(transformed.tft_output, feature_config)
+    feature_config, vocab, data, transformed, transform_seconds = prepare_data(data_dir, out_dir, max_rows)
+    fit_arrays, val_arrays, eval_arrays = data
     import tensorflow as tf  # after the transform: TFT has imported it already
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]  # Keras trains on the first one when present
-    fit_arrays, val_arrays = split_validation(transformed.train, VALIDATION_FRACTION)
-    eval_arrays = transformed.eval
-    data = (fit_arrays, val_arrays, eval_arrays)
     labels, users, domains = eval_arrays["click"], eval_arrays["user_id"], eval_arrays["domain_id_xf"]
 
     truth = load_truth(data_dir, transformed.eval_raw)

@@ -2,12 +2,14 @@
 
 Prints JSON: p50 / p99 latency (one client, sequential requests) and throughput (concurrent
 clients, fixed duration) for 1 and 100 candidates per Regress request (ExampleListWithContext),
-direct and via the router, measured in one run; the router's overhead as paired ratios.
+direct and via the router, measured in one run; the router's overhead as paired ratios, next to a bare byte-forwarding hop (grpc_hop_floor.py).
 
 Method (DESIGN section 9): the model server and the router run as separate `crocodile` processes
 (as deployed); the four variants (direct/router x 1/100 candidates) are interleaved within each
 round, after a warm-up round, over >= 5 rounds; reported numbers are medians over rounds, and the
-overhead is the median (and min/max) of the per-round router/direct ratios. The policy sends every
+overhead is the median (and min/max) of the per-round router/direct ratios and router-minus-direct
+differences (ms), with the router's goal (p50 overhead <= 0.5 ms, p99 overhead <= 1 ms, throughput
+ratio >= 0.9) checked on those medians. The policy sends every
 user to stable, so both paths run the same version.
 
   .venv/bin/python benchmarks/serving_latency.py [--model-base DIR] [--rounds 5]
@@ -32,7 +34,7 @@ import numpy as np
 import crocodile  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 CANDIDATE_COUNTS = (1, 100)
-PATHS = ("direct", "router")
+PATHS = ("direct", "router", "hop_floor")
 
 
 def log(message):
@@ -130,8 +132,15 @@ def main():
                         "--allow_version_labels_for_unavailable_models"], os.path.join(work, "server.log"))
     router, router_port = launch(["router", "--port", "0", "--backend", f"127.0.0.1:{server_port}",
                                   "--policy", policy], os.path.join(work, "router.log"))
-    targets = {"direct": f"127.0.0.1:{server_port}", "router": f"127.0.0.1:{router_port}"}
-    labels = {"direct": "stable", "router": None}  # direct: ask for the label the router would pick
+    floor_port = free_port()
+    floor = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                           "grpc_hop_floor.py"), str(floor_port),
+                              f"127.0.0.1:{server_port}"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    time.sleep(2.0)
+    targets = {"direct": f"127.0.0.1:{server_port}", "router": f"127.0.0.1:{router_port}",
+               "hop_floor": f"127.0.0.1:{floor_port}"}
+    # direct and the bare hop: ask for the label the router would pick.
+    labels = {"direct": "stable", "router": None, "hop_floor": "stable"}
     clients = {path: ScoringClient(target) for path, target in targets.items()}
     variants = [(path, n) for n in CANDIDATE_COUNTS for path in PATHS]
     samples = {v: {"p50_ms": [], "p99_ms": [], "throughput_rps": []} for v in variants}
@@ -150,7 +159,7 @@ def main():
     finally:
         for client in clients.values():
             client.close()
-        for process in (router, server):
+        for process in (router, floor, server):
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
 
@@ -164,13 +173,27 @@ def main():
         }
     overhead = {}
     for n in CANDIDATE_COUNTS:
-        direct, routed = samples[("direct", n)], samples[("router", n)]
+        direct, routed, floor_samples = samples[("direct", n)], samples[("router", n)], samples[("hop_floor", n)]
         entry = {}
         for metric in ("p50_ms", "p99_ms", "throughput_rps"):
             ratios = np.array(routed[metric]) / np.array(direct[metric])
             entry[f"{metric}_ratio_router_over_direct"] = {
                 "median": round(float(np.median(ratios)), 3), "min": round(float(ratios.min()), 3),
                 "max": round(float(ratios.max()), 3)}
+        for metric in ("p50_ms", "p99_ms"):
+            differences = np.array(routed[metric]) - np.array(direct[metric])
+            entry[f"{metric}_overhead_router_minus_direct"] = {
+                "median": round(float(np.median(differences)), 3), "min": round(float(differences.min()), 3),
+                "max": round(float(differences.max()), 3)}
+        for metric in ("p50_ms", "p99_ms"):
+            differences = np.array(floor_samples[metric]) - np.array(direct[metric])
+            entry[f"{metric}_overhead_bare_hop_minus_direct"] = {
+                "median": round(float(np.median(differences)), 3), "min": round(float(differences.min()), 3),
+                "max": round(float(differences.max()), 3)}
+        entry["goal_met"] = {
+            "p50_overhead_le_0.5_ms": bool(entry["p50_ms_overhead_router_minus_direct"]["median"] <= 0.5),
+            "p99_overhead_le_1_ms": bool(entry["p99_ms_overhead_router_minus_direct"]["median"] <= 1.0),
+            "throughput_ratio_ge_0.9": bool(entry["throughput_rps_ratio_router_over_direct"]["median"] >= 0.9)}
         overhead[f"{n}_candidates"] = entry
     print(json.dumps({
         "benchmark": "serving_latency",
@@ -182,6 +205,9 @@ def main():
                   "throughput_clients": args.clients, "throughput_seconds_per_round": args.seconds,
                   "server": "crocodile model-server (embedded TF Serving stand-in), batching off, CPU",
                   "router": "crocodile router, policy: all users on stable", "cpu_count": os.cpu_count(),
+                  "hop_floor": "benchmarks/grpc_hop_floor.py: a byte-forwarding proxy without routing (the cost "
+                               "of any Python gRPC hop on this host)",
+                  "load_average_at_end": os.getloadavg(),
                   "processes": "server, router and client are separate processes on the same host; "
                                "the host's cores are shared with other work, so absolute numbers are noisy"},
         "results": results,

@@ -5,8 +5,13 @@ import sys
 
 import crocodile  # noqa: F401  (sets TF_USE_LEGACY_KERAS)
 from crocodile.benchmarks.cli import add_speed_arguments, run_speed
+from crocodile.errors import UserError
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     add_speed_arguments(parser)
-    sys.exit(run_speed(parser.parse_args()))
+    try:
+        sys.exit(run_speed(parser.parse_args()))
+    except UserError as error:
+        print(f"training_speed: error: {error}", file=sys.stderr)
+        sys.exit(2)

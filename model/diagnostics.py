@@ -4,8 +4,11 @@
   embedding matrix (Guo et al. 2023): low IA = dimensional collapse. Computed per
   embedding set (an (rows, e) slice of the wide table), overall, per domain (the item rows
   seen in that domain's training data) and per item-frequency group.
-- Per-expert output statistics: mean, standard deviation, and the fraction of dead units
-  (output dimensions that are 0 on every row; experts end in ReLU).
+- Per-expert output statistics: mean, standard deviation, the fraction of dead units
+  (output dimensions that are 0 on every row; experts end in ReLU) and the IA of each
+  expert's (rows, d) output matrix (the paper's expert-level collapse, Fig. 2a).
+- The cross-expert covariance of DESIGN 5.3 on every given row (not a 32-row sample): the
+  quantity the covariance loss is meant to lower, measured on validation data.
 """
 from typing import Dict, Mapping, Optional, Sequence
 
@@ -75,7 +78,23 @@ def expert_statistics(expert_outputs: np.ndarray, dead_threshold: float = 0.0) -
         "mean": outputs.mean(axis=(0, 2)).tolist(),
         "std": outputs.std(axis=(0, 2)).tolist(),
         "dead_fraction": (1.0 - alive.mean(axis=1)).tolist(),
+        "unit_std": outputs.std(axis=0).mean(axis=1).tolist(),    # mean over units of each unit's std
+        "information_abundance": [information_abundance(outputs[:, m, :]) for m in range(outputs.shape[1])],
+        "cross_expert_covariance": cross_expert_covariance(outputs),
     }
+
+
+def cross_expert_covariance(expert_outputs: np.ndarray) -> float:
+    """(1/d^2) sum_{p<q} sum_ij |C_pq[i, j]| over all N rows, C = centred O_p^T O_q / (N-1),
+    in float64 (the covariance loss's definition, without its row sampling)."""
+    outputs = np.asarray(expert_outputs, dtype=np.float64)
+    n, num_experts, dim = outputs.shape
+    if n < 2:
+        return float("nan")
+    z = (outputs - outputs.mean(axis=0)).reshape(n, num_experts * dim)
+    gram = np.abs(z.T @ z) / (n - 1)
+    within = sum(gram[m * dim:(m + 1) * dim, m * dim:(m + 1) * dim].sum() for m in range(num_experts))
+    return float((gram.sum() - within) / 2.0 / dim ** 2)
 
 
 def network_expert_statistics(network, feature_batches: Sequence[Mapping[str, np.ndarray]]) -> Optional[dict]:

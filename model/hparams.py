@@ -13,6 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 PROBABILITY = "probability"
 LOGIT = "logit"
 EXPERT_OUTPUTS = "expert_outputs"
+EXPERT_PRE_ACTIVATIONS = "expert_pre_activations"   # training only (Crocodile): the experts' last ReLU input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +39,26 @@ class HParams:
     prior_embedding_dim: int = 16        # (I) the paper does not give e_p
     # Crocodile's disentangling loss (Table 4): "cov" | "dot" | "cos" | "dcorr" | "ole" | "none".
     disentangle_loss: str = "cov"
-    # lambda (I). With ReLU outputs of std ~0.1 the 32-row CovLoss is ~5e-3, so lambda <= 1e-2
-    # changes the total loss by < 1e-4 of the BCE; see model/RESULTS.md for the sweep.
-    disentangle_weight: float = 1.0
-    disentangle_rows: int = 32           # rows sampled per step for the loss (paper: 32)
+    # lambda and rows (I), from the covariance-loss study (model/RESULTS.md): best mean validation
+    # AUC over 3 seeds of rows {32, 256, batch} x lambda {0, 0.01, 0.1, 1}. At lambda = 1 a third
+    # of the expert units die whatever the rows; at 0.1 no more than without the loss.
+    disentangle_weight: float = 0.1
+    disentangle_rows: int = 256          # rows sampled per step for the loss (paper: 32); 0 = the whole batch
+    # How the rows are drawn (I): "uniform" over the batch, or "stratified": an equal quota of
+    # rows per domain present in the batch, so a 1.5%-traffic domain is not ~0.5 row of 32.
+    disentangle_sampling: str = "uniform"
+    disentangle_warmup_steps: int = 0    # lambda ramps linearly from 0 over this many steps (I)
+    # Departures from the paper, for the study of dead experts (all training-only, all (I)):
+    # "outputs": the paper's post-ReLU expert outputs; "pre_activations": the last expert layer
+    # before its ReLU (a dead unit still has a gradient there).
+    disentangle_input: str = "outputs"
+    disentangle_standardise: bool = False  # divide each unit by its std over the rows: a correlation, not a covariance
+    variance_hinge_weight: float = 0.0   # VICReg-style mean_j max(0, gamma - std_j) over units, same input (I)
+    variance_hinge_target: float = 0.1   # gamma of the hinge (I: VICReg uses 1 on normalised features)
+    # Tail domains (I): shrink each domain's gate kernel towards the mean over domains,
+    # gate_shrinkage/2 * sum_s ||W_s - mean_s W_s||^2 (a small domain borrows the others' gate).
+    gate_shrinkage: float = 0.0
+    prior_l2: bool = True                # embedding_l2 also covers the prior tables (DESIGN 5.8 puts them under it)
     # Baseline-specific sizes.
     lora_rank: int = 4                   # MLoRA
     pepnet_gate_units: int = 64          # PEPNet Gate NU hidden width
@@ -68,6 +85,26 @@ class HParams:
         return dataclasses.asdict(self)
 
 
+DISENTANGLE_SAMPLINGS = ("uniform", "stratified")
+DISENTANGLE_INPUTS = ("outputs", "pre_activations")
+
+
+def check_training_options(hparams: HParams) -> None:
+    """Clear errors for Crocodile's training-only options before any graph is built."""
+    if hparams.disentangle_sampling not in DISENTANGLE_SAMPLINGS:
+        raise ValueError(f"disentangle_sampling must be one of {DISENTANGLE_SAMPLINGS}, "
+                         f"got {hparams.disentangle_sampling!r}")
+    if hparams.disentangle_input not in DISENTANGLE_INPUTS:
+        raise ValueError(f"disentangle_input must be one of {DISENTANGLE_INPUTS}, got {hparams.disentangle_input!r}")
+    if hparams.disentangle_rows == 1 or hparams.disentangle_rows < 0:
+        raise ValueError(f"disentangle_rows must be 0 (whole batch) or >= 2, got {hparams.disentangle_rows}")
+    if hparams.disentangle_warmup_steps < 0:
+        raise ValueError(f"disentangle_warmup_steps must be >= 0, got {hparams.disentangle_warmup_steps}")
+    for name in ("variance_hinge_weight", "gate_shrinkage", "embedding_l2"):
+        if getattr(hparams, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(hparams, name)}")
+
+
 # Per-model overrides of the defaults (the ME baselines use M = S sets: one per domain).
 MODEL_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "crocodile": {},
@@ -88,5 +125,7 @@ def resolve(name: str, hparams: Optional[Any] = None) -> HParams:
         if unknown:
             raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)}")
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in hparams.items()}
-        return base.replace(**values)
+        resolved = base.replace(**values)
+        check_training_options(resolved)
+        return resolved
     raise TypeError(f"hparams must be HParams, a dict or None, not {type(hparams).__name__}")

@@ -23,7 +23,7 @@ def with_dense(per_group: tf.Tensor, dense: tf.Tensor) -> tf.Tensor:
 
 class DomainNetwork(tf.keras.Model):
     """Holds the input layer; subclasses implement `forward(inputs, features, training)`
-    returning (logit, extras)."""
+    returning (logit, extras): extras is None, the expert outputs, or a dict of named outputs."""
 
     def __init__(self, feature_config: FeatureConfig, vocab_sizes: Mapping[str, int], hparams: HParams,
                  num_embedding_sets: int = 1, **kwargs):
@@ -52,7 +52,9 @@ class DomainNetwork(tf.keras.Model):
         logit, extras = self.forward(inputs, features, training)
         logit = tf.reshape(tf.cast(logit, tf.float32), [-1])
         outputs = {LOGIT: logit, PROBABILITY: tf.sigmoid(logit)}
-        if extras is not None:
+        if isinstance(extras, dict):        # named extras (e.g. training-only ones)
+            outputs.update(extras)
+        elif extras is not None:
             outputs[EXPERT_OUTPUTS] = extras
         return outputs
 

@@ -15,6 +15,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc, regression_pb2
 from crocodile.model.features import DOMAIN_KEY, USER_KEY
 from crocodile.serving.examples import example_list_with_context
 from crocodile.serving.router import ARM_HEADER, VERSION_HEADER
+from crocodile.serving.router_security import AUTHORIZATION_HEADER, BEARER
 from crocodile.serving.routing_keys import REQUEST_ID_HEADER
 
 REGRESS_SIGNATURE = "regress"
@@ -29,11 +30,21 @@ class ScoreResult:
 
 
 class ScoringClient:
-    def __init__(self, target: str, model_name: str = "crocodile", timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, target: str, model_name: str = "crocodile", timeout_s: float = DEFAULT_TIMEOUT_S,
+                 tls: bool = False, root_certificates: Optional[bytes] = None,
+                 tls_server_name: Optional[str] = None, token: Optional[str] = None):
+        """``tls``: a TLS channel, checked against ``root_certificates`` (PEM; None: the system's roots)
+        and ``tls_server_name`` (default: the target's host). ``token``: sent as a bearer token."""
         self.target = target
         self.model_name = model_name
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(target)
+        self._auth = ((AUTHORIZATION_HEADER, f"{BEARER}{token}"),) if token else ()
+        if tls or root_certificates:
+            options = [("grpc.ssl_target_name_override", tls_server_name)] if tls_server_name else []
+            self._channel = grpc.secure_channel(
+                target, grpc.ssl_channel_credentials(root_certificates=root_certificates), options=options)
+        else:
+            self._channel = grpc.insecure_channel(target)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
     def build_request(self, domain_id: int, user_id: str, candidates: Sequence[Dict],
@@ -53,7 +64,7 @@ class ScoringClient:
                 label: Optional[str] = None, request_id: Optional[str] = None) -> ScoreResult:
         """Scores ``candidates`` (item feature dicts) for one user in one domain."""
         request = self.build_request(domain_id, user_id, candidates, context, label)
-        metadata = ((REQUEST_ID_HEADER, request_id or uuid.uuid4().hex),)
+        metadata = ((REQUEST_ID_HEADER, request_id or uuid.uuid4().hex),) + self._auth
         response, call = self._stub.Regress.with_call(request, timeout=self.timeout_s, metadata=metadata)
         trailing = dict(call.trailing_metadata() or ())
         scores = np.array([r.value for r in response.result.regressions], dtype=np.float32)

@@ -14,6 +14,16 @@ Signatures (CONTRACTS "Export"):
   user and domain sent once, candidates as a list) accepts it.
 - ``transform_features``: ``examples`` -> transformed features (TFMA preprocessing).
 
+Files beside ``saved_model.pb`` (TF Serving reads both):
+- ``assets.extra/tf_serving_warmup_requests``: a PredictRequest (``serving_default``) and a
+  RegressionRequest (``regress``, ExampleListWithContext) per warmup size, replayed at load by
+  TF Serving's ``--enable_model_warmup`` (and the embedded server), so no user request pays for
+  tracing, graph optimisation or GPU autotuning. Sizes: 1 and every ``allowed_batch_sizes`` entry of
+  serving/config/batching_parameters.pbtxt, the padded batch sizes the GPU image runs. Feature values
+  are placeholders (out-of-vocabulary strings, zeros, domains 0..S-1): warmup exercises shapes, not scores.
+- ``fingerprint.pb``: rewritten after ``saved_model.pb`` gets the Regress method name, so its
+  checksum is that of the file on disk.
+
 Requests are parsed with the raw feature spec restricted to the model's inputs: the
 label and log-only columns (purchase, position, request_id, timestamp) are not parsed,
 so serving requests need not carry them. A request missing a model input fails parsing
@@ -22,6 +32,7 @@ so serving requests need not carry them. A request missing a model input fails p
 import os
 from typing import Dict
 
+import numpy as np
 import tensorflow as tf
 
 from crocodile.model.features import DOMAIN_KEY, FeatureConfig, transformed_name
@@ -105,8 +116,57 @@ def _set_method_name(export_dir: str, signature_key: str, method_name: str) -> N
         f.write(saved_model.SerializeToString())
 
 
+WARMUP_CONTEXT_KEYS = ("user_id", "user_segment", "user_region", DOMAIN_KEY)  # sent once per Regress request
+
+
+def warmup_batch_sizes():
+    """1 and the GPU image's padded batch sizes (allowed_batch_sizes of the project's batching file)."""
+    from crocodile.serving import tf_serving_protos
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "batching_parameters.pbtxt")
+    return sorted({1, *tf_serving_protos.read_batching_parameters(path).allowed_batch_sizes})
+
+
+def _placeholder_value(key: str, spec, index: int, num_domains: int):
+    if key == DOMAIN_KEY:
+        return index % num_domains
+    if spec.dtype == tf.string:
+        return f"warmup-{key}"
+    return 0 if spec.dtype == tf.int64 else 0.0
+
+
+def warmup_requests(feature_spec, feature_config: FeatureConfig, sizes):
+    """[PredictRequest, RegressionRequest] per size, with placeholder values of every model input."""
+    from tensorflow_serving.apis import predict_pb2, regression_pb2
+
+    from crocodile.serving.examples import make_example
+    from crocodile.serving.tensor_protos import to_tensor_proto
+    requests = []
+    for size in sizes:
+        rows = [{key: _placeholder_value(key, spec, i, feature_config.num_domains)
+                 for key, spec in feature_spec.items()} for i in range(size)]
+        predict = predict_pb2.PredictRequest()
+        predict.model_spec.signature_name = "serving_default"
+        predict.inputs["examples"].CopyFrom(to_tensor_proto(
+            np.array([make_example(row).SerializeToString() for row in rows], dtype=object)))
+        regress = regression_pb2.RegressionRequest()
+        regress.model_spec.signature_name = "regress"
+        with_context = regress.input.example_list_with_context
+        with_context.context.CopyFrom(make_example({k: v for k, v in rows[0].items() if k in WARMUP_CONTEXT_KEYS}))
+        for row in rows:
+            with_context.examples.add().CopyFrom(
+                make_example({k: v for k, v in row.items() if k not in WARMUP_CONTEXT_KEYS}))
+        requests += [predict, regress]
+    return requests
+
+
+def _rewrite_fingerprint(export_dir: str) -> None:
+    """fingerprint.pb from the saved_model.pb now on disk (TF 2.16 writes it before our rewrite)."""
+    from tensorflow.python.saved_model import fingerprinting_utils
+    fingerprinting_utils.write_fingerprint(export_dir)
+
+
 def export_serving_model(network, tft_output, feature_config: FeatureConfig, export_dir: str) -> str:
-    """Writes the serving SavedModel to ``export_dir`` and returns it."""
+    """Writes the serving SavedModel (with warmup requests) to ``export_dir`` and returns it."""
     module = ServingModule(
         network=network,
         tft_layer=tft_output.transform_features_layer(),
@@ -120,4 +180,8 @@ def export_serving_model(network, tft_output, feature_config: FeatureConfig, exp
     }
     tf.saved_model.save(module, export_dir, signatures=signatures)
     _set_method_name(export_dir, "regress", REGRESS_METHOD_NAME)
+    _rewrite_fingerprint(export_dir)
+    from crocodile.serving import warmup
+    warmup.write_warmup_requests(export_dir, warmup_requests(module._feature_spec, feature_config,
+                                                             warmup_batch_sizes()))
     return export_dir

@@ -10,19 +10,21 @@ randomisation is the user within a domain (DESIGN section 6).
 
 YAML keys (the router and the A/B simulator read the same file):
 ``experiment`` (str), ``salt`` (str), ``default_canary_share`` (0..1),
-``domains`` ({domain id: share}), ``on_canary_failure`` (``fallback`` | ``fail``).
+``domains`` ({domain id: share}), ``on_canary_failure`` (``fallback`` | ``fail``),
+``allow_client_version`` (bool, default false: a request naming a version or label is refused),
+``canary_abort`` (the router's circuit breaker, ``CanaryAbort``; absent: never aborts).
 """
 import dataclasses
 import hashlib
 from typing import Dict, Optional
 
-import numpy as np
-
 from crocodile.errors import UserError
 
 STABLE, CANARY = "stable", "canary"
 FALLBACK, FAIL = "fallback", "fail"
-POLICY_KEYS = ("experiment", "salt", "default_canary_share", "domains", "on_canary_failure")
+POLICY_KEYS = ("experiment", "salt", "default_canary_share", "domains", "on_canary_failure",
+               "allow_client_version", "canary_abort")
+ABORT_KEYS = ("max_error_rate", "max_p99_ms", "min_requests", "window_s")
 REQUIRED_KEYS = ("experiment", "salt")
 _TWO_TO_64 = float(2 ** 64)
 
@@ -39,6 +41,48 @@ def hash_unit_interval(experiment: str, salt: str, domain_id: int, user_id: str)
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / _TWO_TO_64
 
 
+def _positive(value, key: str, source: str, integer: bool = False) -> float:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+        raise UserError(f"{source}: key '{key}' must be a positive {'integer' if integer else 'number'}, "
+                        f"got {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class CanaryAbort:
+    """When the router stops assigning users to the canary (its circuit breaker).
+
+    Over the canary's backend calls of the last ``window_s`` seconds, once there are at least
+    ``min_requests`` of them: the canary is aborted when the share that failed exceeds
+    ``max_error_rate`` or their p99 latency exceeds ``max_p99_ms`` (either limit may be omitted).
+    """
+    max_error_rate: Optional[float] = None
+    max_p99_ms: Optional[float] = None
+    min_requests: int = 50
+    window_s: float = 60.0
+
+    @classmethod
+    def from_dict(cls, data, source: str) -> "CanaryAbort":
+        if not isinstance(data, dict):
+            raise UserError(f"{source}: key 'canary_abort' must be a mapping with keys {list(ABORT_KEYS)}")
+        unknown = sorted(set(map(str, data)) - set(ABORT_KEYS))
+        if unknown:
+            raise UserError(f"{source}: unknown key(s) {['canary_abort.' + k for k in unknown]}; "
+                            f"allowed: {list(ABORT_KEYS)}")
+        rate = data.get("max_error_rate")
+        if rate is not None:
+            rate = _share(rate, "canary_abort.max_error_rate", source)
+        p99 = data.get("max_p99_ms")
+        if p99 is not None:
+            p99 = float(_positive(p99, "canary_abort.max_p99_ms", source))
+        if rate is None and p99 is None:
+            raise UserError(f"{source}: key 'canary_abort' needs 'max_error_rate' and/or 'max_p99_ms'")
+        return cls(rate, p99, int(_positive(data.get("min_requests", cls.min_requests),
+                                            "canary_abort.min_requests", source, integer=True)),
+                   float(_positive(data.get("window_s", cls.window_s), "canary_abort.window_s", source)))
+
+
 @dataclasses.dataclass(frozen=True)
 class CanaryPolicy:
     experiment: str
@@ -46,6 +90,8 @@ class CanaryPolicy:
     default_canary_share: float = 0.0
     domains: Dict[int, float] = dataclasses.field(default_factory=dict)
     on_canary_failure: str = FALLBACK
+    allow_client_version: bool = False
+    canary_abort: Optional[CanaryAbort] = None
 
     @classmethod
     def from_dict(cls, data, source: str = "policy") -> "CanaryPolicy":
@@ -74,7 +120,15 @@ class CanaryPolicy:
         if on_failure not in (FALLBACK, FAIL):
             raise UserError(f"{source}: key 'on_canary_failure' must be '{FALLBACK}' or '{FAIL}', "
                             f"got {on_failure!r}")
-        return cls(str(data["experiment"]), str(data["salt"]), default_share, domains, on_failure)
+        allow = data.get("allow_client_version", False)
+        if not isinstance(allow, bool):
+            raise UserError(f"{source}: key 'allow_client_version' must be true or false, got {allow!r}")
+        abort = data.get("canary_abort")
+        if isinstance(abort, CanaryAbort):
+            pass
+        elif abort is not None:
+            abort = CanaryAbort.from_dict(abort, source)
+        return cls(str(data["experiment"]), str(data["salt"]), default_share, domains, on_failure, allow, abort)
 
     @classmethod
     def load(cls, path: str) -> "CanaryPolicy":
@@ -100,8 +154,9 @@ class CanaryPolicy:
     def arm_for(self, domain_id: int, user_id) -> str:
         return CANARY if self.is_canary(domain_id, user_id) else STABLE
 
-    def assign_many(self, domain_ids: np.ndarray, user_ids: np.ndarray) -> np.ndarray:
+    def assign_many(self, domain_ids, user_ids):
         """Vector form of ``arm_for`` (True = canary), the same function per element."""
+        import numpy as np  # the router does not need numpy; the A/B simulator does
         domain_ids, user_ids = np.asarray(domain_ids), np.asarray(user_ids)
         if domain_ids.shape != user_ids.shape:
             raise ValueError(f"domain_ids {domain_ids.shape} and user_ids {user_ids.shape} differ in shape")

@@ -1,41 +1,74 @@
-"""The canary router: a ``PredictionService`` proxy that picks the version label per user.
+"""The canary router: a ``PredictionService`` proxy that picks the arm per user.
 
-For Predict and Regress it reads the domain and user (``routing_keys``), asks the
-``CanaryPolicy`` for the arm, sets ``model_spec.version_label`` to it, forwards to the backend
-(real TF Serving in production, the embedded model server here) and answers the backend's
-response bytes unchanged, adding trailing metadata ``x-crocodile-arm`` and
-``x-crocodile-version``. A request that already names a version or label is forwarded as is
-(debugging, ``crocodile score --label``) and logged with that arm.
+For Predict and Regress it reads the model spec and the domain and user (``routing_keys``) from a
+routing view of the request (``wire_protos``: the candidates stay unparsed bytes), asks the
+``CanaryPolicy`` for the arm, and forwards the client's bytes unchanged plus one appended
+``model_spec`` field holding only ``version_label``: protobuf parsers merge repeated occurrences of
+an embedded message field, so the backend sees the client's spec with the label set, and the
+router never re-serializes a request. It reads the answering version from a view of the response
+and returns the backend's bytes unchanged, with trailing metadata ``x-crocodile-arm`` (served arm)
+and ``x-crocodile-version``.
 
-When the canary fails for a serving reason (label or version not loaded, backend unavailable,
-internal error) and the policy says ``fallback``, the same request is answered by stable and
-counted; client errors (INVALID_ARGUMENT from the graph, oversized requests) are never
-retried. GetModelMetadata is passed through; Classify and MultiInference are UNIMPLEMENTED.
+A request that names a version or label itself is refused (PERMISSION_DENIED) unless the policy
+sets ``allow_client_version``. When the canary fails for a serving reason (label or version not
+loaded, backend unavailable, internal error) and the policy says ``fallback``, stable answers and
+the record says so; client errors (INVALID_ARGUMENT from the graph, oversized requests) are never
+retried. The canary's calls feed the policy's circuit breaker (``canary_breaker``); once it trips,
+every user is assigned to stable until the policy changes (reload with a different file).
+GetModelMetadata is passed through; other PredictionService methods are UNIMPLEMENTED.
+
+The server is gRPC's synchronous server: a request costs one hand-off (gRPC's polling thread to a
+handler thread), and the handler's blocking backend call polls its own completion queue. (grpc.aio
+was tried: its poller thread adds hand-offs each way, and a bare byte-forwarding hop measured
+~1 ms slower at p50 on this 2-core machine; see benchmarks/serving_latency.py.) Backends get one
+channel each, metrics and the exposure log are written by the telemetry thread
+(``router_telemetry``), and ``maximum_concurrent_rpcs`` bounds the requests in flight: beyond it
+gRPC answers RESOURCE_EXHAUSTED at once instead of queueing without bound.
 """
+import dataclasses
+import json
 import logging
 import threading
 import time
 import uuid
 from concurrent import futures
-from typing import Callable, Optional
+from typing import Dict, Optional
 
 import grpc
 from google.protobuf.message import DecodeError
-from tensorflow_serving.apis import predict_pb2, regression_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from crocodile.errors import UserError
 from crocodile.serving import routing_keys, status
+from crocodile.serving.canary_breaker import CanaryBreaker
 from crocodile.serving.policy import CANARY, FAIL, STABLE, CanaryPolicy
-from crocodile.serving.router_telemetry import ExposureLog, RouterMetrics
+from crocodile.serving.router_security import AUTHORIZATION_HEADER, TokenCheck, UserIdHasher
+from crocodile.serving.router_telemetry import RouterMetrics, Telemetry
+from crocodile.serving.wire_protos import (ModelSpec, ModelSpecView, PredictRequestView, RegressionRequestView,
+                                           ResponseView, length_delimited_field)
 
 log = logging.getLogger(__name__)
 
 SERVICE = "tensorflow.serving.PredictionService"
+CANARY_HEALTH_SERVICE = "crocodile.router.canary"  # NOT_SERVING while the canary is aborted or unresolved
+HEALTH_DETAIL_HEADER = "x-crocodile-health-detail"
 ARM_HEADER, VERSION_HEADER = "x-crocodile-arm", "x-crocodile-version"
+CLIENT_ARM = "client"  # the arm label of a client-chosen version (policy allow_client_version)
 DEFAULT_BACKEND_TIMEOUT_S = 10.0
-DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default receive limit, as TF Serving's
-# Backend failures that mean "the canary cannot serve", not "the request is bad".
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default receive limit
+DEFAULT_MAX_CONCURRENT_RPCS = 512
+DEFAULT_THREADS = 64
+DEFAULT_HEALTH_INTERVAL_S = 2.0
+# Reconnect quickly to a restarted backend (gRPC's default backoff grows to 120 s). Calls to stable,
+# the last resort, wait for a connection (up to the deadline); calls to the canary fail at once
+# while it is unreachable, so its fallback costs no waiting.
+BACKEND_CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                           ("grpc.max_reconnect_backoff_ms", 1000))
+# Backend failures that mean "the canary cannot serve", not "the request is bad". CANCELLED here is
+# the backend's (a server stopping mid-call); a client's own cancellation never reaches this code.
 CANARY_FAILURE_CODES = {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION,
-                        grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
+                        grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED,
+                        grpc.StatusCode.CANCELLED}
 UNKNOWN_LABEL_MESSAGE = "Unrecognized servable version label"
 
 
@@ -45,91 +78,189 @@ def is_canary_failure(error: grpc.RpcError) -> bool:
         code == grpc.StatusCode.INVALID_ARGUMENT and (error.details() or "").startswith(UNKNOWN_LABEL_MESSAGE))
 
 
+def label_override(label: str) -> bytes:
+    """A ``model_spec`` field (1 in every request) with only ``version_label``, to append to a request."""
+    return length_delimited_field(1, ModelSpec(version_label=label).SerializeToString())
+
+
+_OVERRIDE = {STABLE: label_override(STABLE), CANARY: label_override(CANARY)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterState:
+    """What a request runs under; replaced as a whole on a policy change (atomic for readers)."""
+    policy: CanaryPolicy
+    breaker: CanaryBreaker
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendTls:
+    root_certificates: Optional[bytes] = None  # None: the system's roots
+    server_name: Optional[str] = None  # overrides the name checked against the certificate
+
+
 class Router:
     def __init__(self, backend: str, policy: CanaryPolicy, model_name: str = "crocodile",
                  exposure_log: Optional[str] = None, metrics: Optional[RouterMetrics] = None,
                  backend_timeout_s: float = DEFAULT_BACKEND_TIMEOUT_S,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
-        self.policy = policy
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, canary_backend: Optional[str] = None,
+                 backend_tls: Optional[BackendTls] = None, auth_tokens=None, user_id_salt: Optional[bytes] = None,
+                 policy_path: Optional[str] = None, health_interval_s: float = DEFAULT_HEALTH_INTERVAL_S):
         self.model_name = model_name
-        self.metrics = metrics or RouterMetrics()
-        self.exposure_log = ExposureLog(exposure_log) if exposure_log else None
+        self.backends = {STABLE: backend, CANARY: canary_backend or backend}
         self.backend_timeout_s = backend_timeout_s
-        message_options = [("grpc.max_receive_message_length", max_message_bytes),
-                           ("grpc.max_send_message_length", max_message_bytes)]
-        self.message_options = message_options
-        self._channel = grpc.insecure_channel(backend, options=message_options)
-        self._calls = {name: self._channel.unary_unary(f"/{SERVICE}/{name}")
-                       for name in ("Predict", "Regress", "GetModelMetadata")}
-        self._inflight = 0
-        self._idle = threading.Condition()
+        self.backend_tls = backend_tls
+        self.message_options = [("grpc.max_receive_message_length", max_message_bytes),
+                                ("grpc.max_send_message_length", max_message_bytes)]
+        self.metrics = metrics or RouterMetrics()
+        self.telemetry = Telemetry(self.metrics, exposure_log, on_abort=self._on_abort)
+        self._token_check = TokenCheck(auth_tokens) if auth_tokens else None
+        self._hash_user = UserIdHasher(user_id_salt) if user_id_salt else None
+        self.policy_path = policy_path
+        self._state = RouterState(policy, CanaryBreaker(policy.canary_abort), policy_path or "given")
+        self._reload_lock = threading.Lock()
+        self.health_interval_s = health_interval_s
+        self.health_detail: Dict[str, object] = {"experiment": policy.experiment, "labels": {},
+                                                 "backends": dict(self.backends), "canary_aborted": None,
+                                                 "policy": policy_path or "given"}
+        self.health = _DetailedHealthServicer(self)
+        for service in ("", SERVICE, CANARY_HEALTH_SERVICE):  # until the first probe has answered
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._health_wake = threading.Event()
+        self._health_stop = threading.Event()
+        self._health_thread = None
+        self._calls = {}  # (arm, method) -> multi-callable on that arm's backend channel
+        self._open_channels()
 
-    # --- gRPC wiring ---------------------------------------------------------------------
+    @property
+    def policy(self) -> CanaryPolicy:
+        return self._state.policy
+
+    @property
+    def canary_aborted(self) -> Optional[str]:
+        return self._state.breaker.tripped
+
+    # --- policy reload -------------------------------------------------------------------
+    def reload_policy(self, path: Optional[str] = None) -> bool:
+        """Re-reads the policy file; True when the policy changed. A bad file keeps the old policy."""
+        path = path or self.policy_path
+        with self._reload_lock:
+            old = self._state
+            try:
+                policy = CanaryPolicy.load(path)
+            except UserError as error:
+                log.error("policy reload rejected, keeping experiment %s from %s: %s", old.policy.experiment,
+                          old.source, error)
+                return False
+            if policy == old.policy:
+                log.info("policy file %s re-read: unchanged%s", path,
+                         f"; canary stays aborted ({old.breaker.tripped})" if old.breaker.tripped else "")
+                return False
+            self._state = RouterState(policy, CanaryBreaker(policy.canary_abort), path)
+            self.metrics.canary_aborted.labels(old.policy.experiment).set(0)
+            log.info("policy reloaded from %s: experiment %s, default share %s, domains %s, canary_abort %s",
+                     path, policy.experiment, policy.default_canary_share, policy.domains, policy.canary_abort)
+            self._schedule_health_update()
+            return True
+
+    def _on_abort(self, state: RouterState, reason: str) -> None:
+        self._schedule_health_update()
+
+    # --- gRPC wiring ----------------------------------------------------------------------
+    def _open_channels(self) -> None:
+        channels = {}
+        for arm, target in self.backends.items():
+            if target not in channels:
+                options = list(self.message_options) + list(BACKEND_CHANNEL_OPTIONS)
+                if self.backend_tls is None:
+                    channels[target] = grpc.insecure_channel(target, options=options)
+                else:
+                    if self.backend_tls.server_name:
+                        options.append(("grpc.ssl_target_name_override", self.backend_tls.server_name))
+                    credentials = grpc.ssl_channel_credentials(root_certificates=self.backend_tls.root_certificates)
+                    channels[target] = grpc.secure_channel(target, credentials, options=options)
+            for method in ("Predict", "Regress", "GetModelMetadata"):
+                self._calls[(arm, method)] = channels[target].unary_unary(f"/{SERVICE}/{method}")
+        self._channels = list(channels.values())
+
     def handler(self) -> grpc.GenericRpcHandler:
         def raw(fn):  # bytes in, bytes out: the router parses only what it needs
             return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=None, response_serializer=None)
         return grpc.method_handlers_generic_handler(SERVICE, {
-            "Predict": raw(lambda body, ctx: self._route("Predict", body, ctx, predict_pb2.PredictRequest,
-                                                         predict_pb2.PredictResponse,
-                                                         routing_keys.key_from_predict)),
-            "Regress": raw(lambda body, ctx: self._route("Regress", body, ctx, regression_pb2.RegressionRequest,
-                                                         regression_pb2.RegressionResponse,
-                                                         routing_keys.key_from_regress)),
-            "GetModelMetadata": raw(self._pass_through_metadata),
-        })
+            "Predict": raw(self._predict), "Regress": raw(self._regress),
+            "GetModelMetadata": raw(self._pass_through_metadata)})
 
-    def _forward(self, method: str, body: bytes, context, metadata) -> bytes:
+    def _predict(self, body, context):
+        return self._route("Predict", body, context, PredictRequestView, routing_keys.key_from_predict)
+
+    def _regress(self, body, context):
+        return self._route("Regress", body, context, RegressionRequestView, routing_keys.key_from_regress)
+
+    def _timeout(self, context) -> float:
         remaining = context.time_remaining()
-        timeout = self.backend_timeout_s if remaining is None else min(remaining, self.backend_timeout_s)
-        return self._calls[method](body, timeout=timeout, metadata=metadata)
+        return self.backend_timeout_s if remaining is None else min(remaining, self.backend_timeout_s)
+
+    def _authorize(self, metadata: dict) -> None:
+        if self._token_check is not None and not self._token_check.allows(metadata.get(AUTHORIZATION_HEADER)):
+            raise status.ServingError(grpc.StatusCode.UNAUTHENTICATED,
+                                      "missing or wrong 'authorization: Bearer <token>' metadata")
 
     def _pass_through_metadata(self, body, context):
         try:
-            return self._forward("GetModelMetadata", body, context, None)
+            self._authorize(dict(context.invocation_metadata() or ()))
+            try:
+                spec = ModelSpecView.FromString(body).model_spec
+            except DecodeError:
+                raise status.invalid_argument("request body is not a valid GetModelMetadataRequest") from None
+            arm = CANARY if spec.version_label == CANARY else STABLE
+            return self._calls[(arm, "GetModelMetadata")](body, timeout=self._timeout(context))
+        except status.ServingError as error:
+            code, details = error.code, error.message
         except grpc.RpcError as error:
-            context.abort(error.code(), error.details())
+            code, details = error.code(), error.details()
+        context.abort(code, details)
 
     # --- routing -------------------------------------------------------------------------
-    def _route(self, method: str, body: bytes, context, request_cls, response_cls,
-               key_from_request: Callable) -> bytes:
+    def _route(self, method: str, body: bytes, context, view_class, key_from_request) -> bytes:
         started = time.perf_counter()
-        metadata = dict(context.invocation_metadata())
+        state = self._state
+        metadata = dict(context.invocation_metadata() or ())
         request_id = metadata.get(routing_keys.REQUEST_ID_HEADER) or uuid.uuid4().hex
-        record = {"request_id": request_id, "method": method, "user": None, "domain": None,
-                  "arm": None, "version": None, "fallback": False, "status": "OK"}
-        with self._idle:
-            self._inflight += 1
+        record = {"time": None, "request_id": request_id, "method": method, "experiment": state.policy.experiment,
+                  "user": None, "domain": None, "assigned_arm": None, "served_arm": None, "arm": None,
+                  "version": None, "fallback": False, "status": "OK", "_state": state, "_canary_call": None}
+        code = None
         try:
-            return self._answer(method, body, context, request_cls, response_cls, key_from_request,
-                                metadata, request_id, record)
+            return self._answer(method, body, context, view_class, key_from_request, metadata, request_id,
+                                      state, record)
         except status.ServingError as error:
-            record["status"] = error.code.name
-            context.abort(error.code, error.message)
+            code, details = error.code, error.message
         except grpc.RpcError as error:  # the backend's answer, passed on unchanged
-            record["status"] = error.code().name
-            context.abort(error.code(), error.details())
+            code, details = error.code(), error.details()
         except Exception as error:  # a router bug: answer INTERNAL, keep serving, log it
             log.exception("routing %s failed", method)
-            record["status"] = grpc.StatusCode.INTERNAL.name
-            context.abort(grpc.StatusCode.INTERNAL, f"router: {type(error).__name__}: {error}")
+            code, details = grpc.StatusCode.INTERNAL, f"router: {type(error).__name__}: {error}"
         finally:
             seconds = time.perf_counter() - started
-            record.update(time=time.time(), latency_ms=round(seconds * 1e3, 3))
-            self.metrics.record(method, record["arm"] or "none", self.policy.domain_label(record["domain"]),
-                                record["status"], seconds)
-            if self.exposure_log is not None:
-                self.exposure_log.write(record)
-            with self._idle:
-                self._inflight -= 1
-                self._idle.notify_all()
+            if code is not None:
+                record["status"] = code.name
+            record.update(time=time.time(), latency_ms=round(seconds * 1e3, 3), _seconds=seconds,
+                          _domain_label=state.policy.domain_label(record["domain"]))
+            if self._hash_user is not None and record["user"] is not None:
+                record["user_hash"] = self._hash_user(record.pop("user"))
+            self.telemetry.submit(record)
+        context.abort(code, details)
 
-    def _answer(self, method, body, context, request_cls, response_cls, key_from_request, metadata,
-                request_id, record) -> bytes:
+    def _answer(self, method, body, context, view_class, key_from_request, metadata, request_id, state,
+                      record) -> bytes:
+        self._authorize(metadata)
         try:
-            request = request_cls.FromString(body)
+            request = view_class.FromString(body)
         except DecodeError:
-            raise status.invalid_argument(
-                f"request body is not a valid {request_cls.DESCRIPTOR.full_name} ({len(body)} bytes)") from None
+            raise status.invalid_argument(f"request body is not a valid tensorflow.serving.{method}"
+                                          f"{'Request' if method == 'Predict' else 'ionRequest'} "
+                                          f"({len(body)} bytes)") from None
         spec = request.model_spec
         if not spec.name:
             raise status.invalid_argument("ModelSpec has no name specified.")
@@ -138,64 +269,164 @@ class Router:
                                    f"(this router serves '{self.model_name}')")
         key = routing_keys.merge_keys(key_from_request(request), routing_keys.key_from_metadata(metadata))
         domain, user = routing_keys.require_key(key)
-        record.update(domain=domain, user=user)
+        record["domain"], record["user"] = domain, user
         forward_metadata = ((routing_keys.REQUEST_ID_HEADER, request_id),)
+        timeout = self._timeout(context)
         explicit = spec.WhichOneof("version_choice")
-        if explicit is not None:  # the client chose: no assignment, no fallback
-            arm = spec.version_label if explicit == "version_label" else f"version-{spec.version.value}"
-            record["arm"] = arm
-            response_body = self._forward(method, body, context, forward_metadata)
+        if explicit is not None:
+            if not state.policy.allow_client_version:
+                chosen = (f"version_label '{spec.version_label}'" if explicit == "version_label"
+                          else f"version {spec.version.value}")
+                raise status.ServingError(grpc.StatusCode.PERMISSION_DENIED,
+                                          f"the request names {chosen}: this router assigns the version itself "
+                                          f"(experiment {state.policy.experiment}); clear model_spec.version / "
+                                          f"version_label, or set allow_client_version: true in the policy")
+            served = spec.version_label if spec.version_label in (STABLE, CANARY) else CLIENT_ARM
+            record.update(assigned_arm=CLIENT_ARM, arm=CLIENT_ARM, served_arm=served)
+            response = self._calls[(CANARY if served == CANARY else STABLE, method)](
+                body, timeout=timeout, metadata=forward_metadata)
         else:
-            arm = self.policy.arm_for(domain, user)
-            record["arm"] = arm
-            spec.version_label = arm
-            try:
-                response_body = self._forward(method, request.SerializeToString(), context, forward_metadata)
-            except grpc.RpcError as error:
-                if arm != CANARY or self.policy.on_canary_failure == FAIL or not is_canary_failure(error):
-                    raise
-                log.warning("canary failed (%s: %s); answering from stable", error.code().name, error.details())
-                self.metrics.fallbacks.labels(self.policy.domain_label(domain), error.code().name).inc()
-                arm = STABLE
-                record.update(arm=arm, fallback=True)
-                spec.version_label = arm
-                response_body = self._forward(method, request.SerializeToString(), context, forward_metadata)
-        version = response_cls.FromString(response_body).model_spec.version.value
+            assigned = CANARY if state.breaker.tripped is None and state.policy.is_canary(domain, user) else STABLE
+            record.update(assigned_arm=assigned, arm=assigned, served_arm=assigned)
+            if assigned == STABLE:
+                response = self._calls[(STABLE, method)](body + _OVERRIDE[STABLE], timeout=timeout,
+                                                               metadata=forward_metadata, wait_for_ready=True)
+            else:
+                response = self._call_canary(method, body, timeout, forward_metadata, state, record)
+        version = ResponseView.FromString(response).model_spec.version.value
         record["version"] = version
-        context.set_trailing_metadata(((ARM_HEADER, arm), (VERSION_HEADER, str(version))))
-        return response_body
+        context.set_trailing_metadata(((ARM_HEADER, record["served_arm"]), (VERSION_HEADER, str(version))))
+        return response
+
+    def _call_canary(self, method, body, timeout, forward_metadata, state, record) -> bytes:
+        started = time.perf_counter()
+        try:
+            response = self._calls[(CANARY, method)](body + _OVERRIDE[CANARY], timeout=timeout,
+                                                           metadata=forward_metadata)
+        except grpc.RpcError as error:
+            failure = is_canary_failure(error)
+            if failure:  # the canary could not serve: counts against it in the breaker
+                record["_canary_call"] = (True, (time.perf_counter() - started) * 1e3)
+            if state.policy.on_canary_failure == FAIL or not failure:
+                raise
+            record.update(served_arm=STABLE, fallback=True, _canary_error=error.code().name,
+                          canary_error=f"{error.code().name}: {error.details()}")
+            return self._calls[(STABLE, method)](body + _OVERRIDE[STABLE], timeout=timeout,
+                                                        metadata=forward_metadata, wait_for_ready=True)
+        record["_canary_call"] = (False, (time.perf_counter() - started) * 1e3)
+        return response
+
+    # --- health --------------------------------------------------------------------------
+    def probe_backends(self) -> None:
+        """Sets grpc.health.v1: SERVING when the backend answers and both labels resolve."""
+        results = {}
+        for arm in (STABLE, CANARY):
+            request = (length_delimited_field(1, ModelSpec(name=self.model_name, version_label=arm).SerializeToString())
+                       + length_delimited_field(2, b"signature_def"))
+            try:
+                answer = self._calls[(arm, "GetModelMetadata")](request, timeout=min(2.0, self.backend_timeout_s))
+                results[arm] = f"version {ModelSpecView.FromString(answer).model_spec.version.value}"  # field 1 here
+            except grpc.RpcError as error:
+                results[arm] = f"{error.code().name}: {error.details()}"
+        ok = all(value.startswith("version ") for value in results.values())
+        aborted = self._state.breaker.tripped
+        detail = {"experiment": self._state.policy.experiment, "policy": self._state.source,
+                  "backends": dict(self.backends), "labels": results,
+                  "canary_aborted": aborted}
+        if detail != self.health_detail:
+            log.info("health: %s %s", "SERVING" if ok else "NOT_SERVING", json.dumps(detail, sort_keys=True))
+        self.health_detail = detail
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        overall = serving if ok else not_serving
+        if self._health_stop.is_set():  # shutting down: leave NOT_SERVING in place
+            return
+        self.health.set("", overall)
+        self.health.set(SERVICE, overall)
+        canary_ok = results[CANARY].startswith("version ") and aborted is None
+        self.health.set(CANARY_HEALTH_SERVICE, serving if canary_ok else not_serving)
+
+    def _schedule_health_update(self) -> None:
+        self._health_wake.set()
+
+    def _health_loop(self) -> None:
+        while not self._health_stop.is_set():
+            try:
+                self.probe_backends()
+            except Exception:  # keep probing; a probe bug must not kill health reporting
+                log.exception("health probe failed")
+            self._health_wake.wait(self.health_interval_s)
+            self._health_wake.clear()
+
+    def start_health(self) -> None:
+        self._health_thread = threading.Thread(target=self._health_loop, name="router-health", daemon=True)
+        self._health_thread.start()
+
+    def stop_health(self) -> None:
+        self._health_stop.set()
+        self._health_wake.set()
+        self.health.enter_graceful_shutdown()
+        if self._health_thread is not None:
+            self._health_thread.join(5.0)
 
     # --- lifecycle -----------------------------------------------------------------------
-    def drain(self, timeout_s: float) -> bool:
-        """Waits until no request is in flight; True when drained within the timeout."""
-        deadline = time.monotonic() + timeout_s
-        with self._idle:
-            while self._inflight:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._idle.wait(left)
-        return True
+    def flush(self) -> None:
+        """Returns once metrics, breaker and exposure log reflect every answered request."""
+        self.telemetry.flush()
 
     def close(self) -> None:
-        if self.exposure_log is not None:
-            self.exposure_log.close()
-        self._channel.close()
+        self.stop_health()
+        self.telemetry.close()
+        for channel in self._channels:
+            channel.close()
 
 
-def build_router_server(router: Router, port: int, host: str = "[::]", max_threads: int = 64):
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="router"),
-                         options=router.message_options)
+class _DetailedHealthServicer(health.HealthServicer):
+    """grpc.health.v1 with the router's reasons in trailing metadata (JSON)."""
+
+    def __init__(self, router: Router):
+        super().__init__()
+        self._router = router
+
+    def Check(self, request, context):
+        context.set_trailing_metadata(((HEALTH_DETAIL_HEADER, json.dumps(self._router.health_detail,
+                                                                         sort_keys=True)),))
+        return super().Check(request, context)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerTls:
+    certificate_chain: bytes
+    private_key: bytes
+
+
+def build_router_server(router: Router, port: int, host: str = "[::]",
+                        max_concurrent_rpcs: Optional[int] = DEFAULT_MAX_CONCURRENT_RPCS,
+                        tls: Optional[ServerTls] = None, threads: int = DEFAULT_THREADS):
+    """The router's gRPC server (not started) and its port. ``router.start_health`` runs on start."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="router"),
+                         options=router.message_options, maximum_concurrent_rpcs=max_concurrent_rpcs)
     server.add_generic_rpc_handlers((router.handler(),))
-    bound = server.add_insecure_port(f"{host}:{port}")
+    health_pb2_grpc.add_HealthServicer_to_server(router.health, server)
+    address = f"{host}:{port}"
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, grpc.ssl_server_credentials(((tls.private_key,
+                                                                              tls.certificate_chain),)))
     if bound == 0:
         raise OSError(f"cannot listen on port {port}")
+    started = server.start
+
+    def start():
+        started()
+        router.start_health()
+    server.start = start
     return server, bound
 
 
 def shutdown(server: grpc.Server, router: Router, grace_s: float = 10.0) -> None:
-    """Graceful stop: refuse new calls, let in-flight ones finish, then flush and close the log."""
-    stopped = server.stop(grace_s)
-    router.drain(grace_s)
-    stopped.wait(grace_s)
+    """Graceful stop: health NOT_SERVING, refuse new calls, let in-flight ones finish (up to
+    ``grace_s``), then write out every queued record and close the channels."""
+    router.stop_health()
+    server.stop(grace_s).wait(grace_s + 5.0)
     router.close()

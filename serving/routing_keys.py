@@ -8,10 +8,9 @@ is parsed: routing must stay cheap next to the model.
 from typing import Optional, Tuple
 
 from google.protobuf.message import DecodeError
-from tensorflow.core.example import example_pb2
-
 from crocodile.model.features import DOMAIN_KEY, USER_KEY
 from crocodile.serving import status
+from crocodile.serving.wire_protos import Example
 
 DOMAIN_HEADER, USER_HEADER, REQUEST_ID_HEADER = "x-domain-id", "x-user-id", "x-request-id"
 PREDICT_EXAMPLES_INPUT = "examples"
@@ -42,30 +41,37 @@ def merge_keys(first: Key, second: Key) -> Key:
             first[1] if first[1] is not None else second[1])
 
 
+def _parse_example(serialized: bytes, where: str):
+    try:
+        return Example.FromString(serialized)
+    except DecodeError:
+        raise status.invalid_argument(f"{where} is not a serialized tf.Example") from None
+
+
 def key_from_regress(request) -> Key:
+    """``request``: a ``RegressionRequestView``."""
     model_input = request.input
-    kind = model_input.WhichOneof("kind")
     key: Key = (None, None)
-    if kind == "example_list_with_context":
+    # The real Input is a oneof of the two; a client sends one.
+    if model_input.HasField("example_list_with_context"):
         lists = model_input.example_list_with_context
         key = _key_from_example(lists.context)
         if lists.examples:
-            key = merge_keys(key, _key_from_example(lists.examples[0]))
-    elif kind == "example_list" and model_input.example_list.examples:
-        key = _key_from_example(model_input.example_list.examples[0])
+            key = merge_keys(key, _key_from_example(_parse_example(lists.examples[0], "examples[0]")))
+    elif model_input.HasField("example_list") and model_input.example_list.examples:
+        key = _key_from_example(_parse_example(model_input.example_list.examples[0], "examples[0]"))
     return key
 
 
 def key_from_predict(request) -> Key:
-    tensor = request.inputs.get(PREDICT_EXAMPLES_INPUT)
+    """``request``: a ``PredictRequestView`` (its ``inputs`` map as a list of entries)."""
+    tensor = None
+    for entry in request.inputs:  # a map: the last entry with the key wins, as in the parser
+        if entry.key == PREDICT_EXAMPLES_INPUT:
+            tensor = entry.value
     if tensor is None or not tensor.string_val:
         return None, None
-    try:
-        example = example_pb2.Example.FromString(tensor.string_val[0])
-    except DecodeError:
-        raise status.invalid_argument(
-            f"inputs['{PREDICT_EXAMPLES_INPUT}'][0] is not a serialized tf.Example") from None
-    return _key_from_example(example)
+    return _key_from_example(_parse_example(tensor.string_val[0], f"inputs['{PREDICT_EXAMPLES_INPUT}'][0]"))
 
 
 def key_from_metadata(metadata: dict) -> Key:

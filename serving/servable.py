@@ -2,18 +2,23 @@
 
 Loads with ``tf.saved_model.load`` from ``<base_path>/<version>/``, as TF Serving's
 SavedModel loader does, and keeps the ``SignatureDef`` protos from ``saved_model.pb`` for
-GetModelMetadata and for the signature checks TF Serving makes before running.
+GetModelMetadata and for the signature checks TF Serving makes before running. A folder
+without a SavedModel or with an unreadable ``saved_model.pb`` fails with TensorFlow's own
+status (NOT_FOUND / DATA_LOSS and message), which GetModelStatus then reports.
 """
 import os
 from typing import Dict, List
 
+import grpc
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 
 from crocodile.serving import status
 
 SAVED_MODEL_FILE = "saved_model.pb"
+SAVED_MODEL_TEXT_FILE = "saved_model.pbtxt"
 
 
 def list_versions_on_disk(base_path: str) -> List[int]:
@@ -27,11 +32,32 @@ def list_versions_on_disk(base_path: str) -> List[int]:
     return sorted(versions)
 
 
-def read_signature_defs(export_dir: str) -> Dict[str, "tf.compat.v1.SignatureDef"]:
+def read_saved_model(export_dir: str) -> "saved_model_pb2.SavedModel":
+    """The SavedModel proto, or TensorFlow's status when there is none or it does not parse."""
+    path = os.path.join(export_dir, SAVED_MODEL_FILE)
+    if not tf.io.gfile.exists(path):
+        if tf.io.gfile.exists(os.path.join(export_dir, SAVED_MODEL_TEXT_FILE)):
+            from google.protobuf import text_format
+            with tf.io.gfile.GFile(os.path.join(export_dir, SAVED_MODEL_TEXT_FILE)) as f:
+                return text_format.Parse(f.read(), saved_model_pb2.SavedModel())
+        raise status.ServingError(
+            grpc.StatusCode.NOT_FOUND,
+            f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {export_dir}. Check "
+            "that the directory exists and that you have the right permissions for accessing it.")
     saved_model = saved_model_pb2.SavedModel()
-    with open(os.path.join(export_dir, SAVED_MODEL_FILE), "rb") as f:
-        saved_model.ParseFromString(f.read())
-    return dict(saved_model.meta_graphs[0].signature_def)
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = f.read()
+    try:
+        saved_model.ParseFromString(data)
+    except DecodeError:
+        raise status.ServingError(grpc.StatusCode.DATA_LOSS, f"Can't parse {path} as binary proto") from None
+    if not saved_model.meta_graphs:
+        raise status.ServingError(grpc.StatusCode.DATA_LOSS, f"Can't parse {path} as binary proto")
+    return saved_model
+
+
+def read_signature_defs(export_dir: str) -> Dict[str, "tf.compat.v1.SignatureDef"]:
+    return dict(read_saved_model(export_dir).meta_graphs[0].signature_def)
 
 
 class LoadedVersion:
@@ -41,7 +67,7 @@ class LoadedVersion:
         self.name = name
         self.version = int(version)
         self.export_dir = export_dir
-        self.signature_defs = read_signature_defs(export_dir)
+        self.signature_defs = dict(read_saved_model(export_dir).meta_graphs[0].signature_def)
         self._model = tf.saved_model.load(export_dir)
         self._functions = dict(self._model.signatures)
 

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 import numpy as np
 from scipy import stats as sps
 
-from crocodile.simulation import stats
+from crocodile.simulation import ab_verdict, stats
 from crocodile.simulation.abtest import SECONDS_PER_DAY, SimulationResult, oracle_lifts
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
@@ -54,32 +54,53 @@ def cumulative_lift(result: SimulationResult, shares: np.ndarray, metric: str = 
 
 
 def build_report(result: SimulationResult, shares, meta: dict, alpha=stats.ALPHA, power=stats.POWER,
-                 pre_period: Optional[SimulationResult] = None) -> dict:
-    """Everything the report shows, as plain JSON-able data.
+                 pre_period: Optional[SimulationResult] = None,
+                 decide_with: str = ab_verdict.FIXED_HORIZON) -> dict:
+    """Everything the report shows, as plain JSON-able data, opening with the verdict.
 
     With `pre_period` (the same world's traffic before the experiment, stable model for all),
-    clicks/user and GMV/user are CUPED-adjusted with each user's pre-period value.
+    every metric is CUPED-adjusted with each user's pre-period value; the raw (unadjusted)
+    values are kept beside them (`raw_*`). `decide_with`: which p-value of the primary metric
+    decides (ab_verdict.FIXED_HORIZON or ALWAYS_VALID).
     """
     shares = np.asarray(shares, np.float64)
-    cells = result.cells()
+    raw_cells = result.cells()
     pre_cells = None if pre_period is None else pre_period.cells()
-    if pre_cells is not None:
-        cells = cells.with_pre_period(pre_cells)
+    cells = raw_cells if pre_cells is None else raw_cells.with_pre_period(pre_cells)
     analysis = stats.analyze(cells, shares, alpha, power, use_cuped=pre_period is not None)
-    oracle = oracle_lifts(result)
+    raw = analysis if pre_period is None else stats.analyze(raw_cells, shares, alpha, power)
+    in_experiment = analysis["in_experiment"]
+    # The overall truth over the same domains as the overall estimate (those split between the arms).
+    oracle = oracle_lifts(result, in_experiment)
 
-    def scope(scope_result: stats.ScopeResult) -> dict:
+    def scope(scope_result: stats.ScopeResult, raw_result: stats.ScopeResult) -> dict:
         out = dataclasses.asdict(scope_result)
         truth = (oracle or {}).get(scope_result.scope)
         for name, metric in out["metrics"].items():
+            plain = raw_result.metrics[name]
+            metric.update(raw_stable=plain.stable, raw_canary=plain.canary, raw_rel_lift=plain.rel_lift,
+                          raw_rel_ci=list(plain.rel_ci), raw_p_value=plain.p_value)
             metric["oracle_rel_lift"] = None if truth is None else truth[name]
+            metric["oracle_se"] = None if truth is None else truth[name + "_se"]
             metric["oracle_in_ci"] = (None if truth is None or np.isnan(metric["rel_ci"][0])
                                       else bool(metric["rel_ci"][0] <= truth[name] <= metric["rel_ci"][1]))
         if truth is not None:
             out["oracle_ctr_stable"], out["oracle_ctr_canary"] = truth["ctr_stable"], truth["ctr_canary"]
         return out
 
+    overall = scope(analysis["overall"], raw["overall"])
+    domains = [scope(d, r) for d, r in zip(analysis["domains"], raw["domains"])]
+    cumulative = cumulative_lift(result, shares, pre_cells=pre_cells)
+    decision = ab_verdict.decide(overall, domains, in_experiment, alpha, decide_with,
+                                 cumulative[-1]["always_valid_p"] if cumulative else None)
+    in_scope = np.isin(raw_cells.domain, in_experiment)
+    impact = ab_verdict.absolute_impact(overall, float(raw_cells.impressions[in_scope].sum()),
+                                        float(np.unique(raw_cells.user[in_scope]).size), result.days,
+                                        None if oracle is None else oracle["overall"])
     return {
+        "verdict": decision["verdict"],
+        "decision": decision,
+        "candidate_status": meta.get("candidate_status"),
         "meta": meta,
         "alpha": alpha,
         "power": power,
@@ -88,11 +109,16 @@ def build_report(result: SimulationResult, shares, meta: dict, alpha=stats.ALPHA
         "cuped": pre_period is not None,
         "p_values": "fixed-horizon",
         "srm_alarm_threshold": stats.SRM_ALARM_P,
-        "overall": scope(analysis["overall"]),
-        "domains": [scope(d) for d in analysis["domains"]],
-        "cumulative_ctr_lift": cumulative_lift(result, shares, pre_cells=pre_cells),
+        "domains_in_experiment": in_experiment,
+        "overall": overall,
+        "domains": domains,
+        "absolute_impact": impact,
+        "cumulative_ctr_lift": cumulative,
         "msprt_tau_rel": MSPRT_TAU_REL,
         "oracle_overall_ctr_lift": None if oracle is None else oracle["overall"]["ctr"],
+        "oracle_overall_ctr_lift_se": None if oracle is None else oracle["overall"]["ctr_se"],
+        "oracle_sampled_requests": (None if result.oracle_sampled_requests is None
+                                    else result.oracle_sampled_requests.tolist()),
     }
 
 
@@ -120,9 +146,95 @@ def _p(p) -> str:
     return "n/a" if _missing(p) else (f"{p:.2g}" if p >= 1e-4 else "<1e-4")
 
 
+def _number(x, digits=0) -> str:
+    return "n/a" if _missing(x) else f"{x:+,.{digits}f}"
+
+
+def _oracle_pm(value, se) -> str:
+    """An oracle lift, with its sampling error when the oracle was sampled."""
+    if _missing(value):
+        return "n/a"
+    return _pct(value) + ("" if _missing(se) or se == 0 else f" ± {100 * se:.2f}%")
+
+
+def verdict_lines(report: dict) -> List[str]:
+    """The opening of the report: verdict, why, which p-value decided, truth, absolute impact."""
+    decision = report["decision"]
+    label = ab_verdict.VERDICT_LABELS[decision["verdict"]]
+    lines = [f"**Verdict: {label}** ({'; '.join(decision['reasons'])})."]
+    p_kind = ("always-valid (mSPRT) p-value of the last look: valid even if the run was watched and stopped early"
+              if decision["decided_by"] == ab_verdict.ALWAYS_VALID else
+              "fixed-horizon p-value: the run stopped at its planned size, so it is valid as is")
+    cuped = " (CUPED-adjusted)" if report.get("cuped") else ""
+    lines.append(f"Primary metric: overall CTR{cuped} over domains {report['domains_in_experiment']}: "
+                 f"{_pct(decision['primary_rel_lift'])} (95% CI {_ci(decision['primary_rel_ci'])}), "
+                 f"p = {_p(decision['primary_p_value'])}; decided by the {p_kind}.")
+    guards = decision["guardrails"]
+    if guards:
+        lines.append("Guardrails (Holm across all of them): " + "; ".join(
+            f"{g['name']} {_pct(g['rel_lift'])} (p = {_p(g['p_holm'])}{', FAILED' if g['failed'] else ''})"
+            for g in guards) + ".")
+    lines.append(f"Rule: {decision['rule']}")
+    overall = report["overall"]["metrics"]
+    truth = overall.get("ctr", {}).get("oracle_rel_lift")
+    if report.get("candidate_status") or truth is not None:
+        status = report.get("candidate_status")
+        text = f"Candidate: {status}. " if status else ""
+        if truth is not None:
+            text += (f"Simulated truth (oracle, same domains): CTR {_oracle_pm(truth, overall['ctr']['oracle_se'])}, "
+                     f"GMV/user {_oracle_pm(overall['gmv_per_user']['oracle_rel_lift'], overall['gmv_per_user']['oracle_se'])}.")
+        lines.append(text.strip())
+    impact = report.get("absolute_impact")
+    if impact:
+        oracle = ""
+        if impact["oracle_clicks_per_day"] is not None:
+            oracle = (f" True (oracle): {_number(impact['oracle_clicks_per_day'])} clicks/day, "
+                      f"{_number(impact['oracle_gmv_per_day'])} GMV/day.")
+        lines.append(f"Absolute impact if all of the experiment's traffic ({impact['impressions_per_day']:,.0f} "
+                     f"impressions/day over {impact['days']:g} simulated days) got the canary: "
+                     f"{_number(impact['clicks_per_day'])} clicks/day (95% CI {_number(impact['clicks_per_day_ci'][0])} "
+                     f"to {_number(impact['clicks_per_day_ci'][1])}), {_number(impact['gmv_per_day'])} GMV/day "
+                     f"(95% CI {_number(impact['gmv_per_day_ci'][0])} to {_number(impact['gmv_per_day_ci'][1])})."
+                     + oracle)
+    return lines
+
+
+# One plain line per statistical term the report uses.
+GLOSSARY = [
+    ("lift", "relative change of the canary against stable: canary / stable - 1."),
+    ("95% CI", "a range built so that 95 of 100 such runs contain the true lift; excluding 0 means significant."),
+    ("p-value (fixed-horizon)", "how surprising the difference would be if the models were equal, valid only "
+                                "when the run is read once, at its planned size."),
+    ("always-valid p-value (mSPRT)", "a p-value that stays valid however often the run is watched and whenever it "
+                                     "is stopped; larger than the fixed-horizon one, the price of peeking."),
+    ("significant", "p < alpha (0.05): a difference this large is unlikely between equal models."),
+    ("Holm", "adjusts a family of p-values (the domains, the guardrails) so the chance of any false alarm in the "
+             "family stays at alpha."),
+    ("Benjamini-Hochberg (BH)", "a milder adjustment that bounds the share of false alarms among the "
+                                "significant results; for exploring, not deciding."),
+    ("MDE", "minimum detectable effect: the smallest lift this run finds 80% of the time; smaller true lifts "
+            "usually come out 'not significant'."),
+    ("CUPED", "subtracts what each user's pre-period behaviour predicts, removing noise without bias (the "
+              "pre-period cannot depend on the assignment); same lift, narrower interval."),
+    ("delta method", "the standard error of a ratio (CTR = clicks / impressions) with the user as the unit, since "
+                     "one user's impressions are correlated."),
+    ("Student's t-test (pooled variance)", "compares two means (per-user values) with one variance from both "
+                                           "arms, the variance the random assignment gives when the canary changes "
+                                           "nothing; it stays calibrated for rare, heavy-tailed GMV in a small arm."),
+    ("post-stratified", "the overall value weights each domain the same way in both arms, so different canary "
+                        "shares per domain do not leak into the lift."),
+    ("SRM", "sample ratio mismatch: the users per arm do not match the policy's split; the run is not trustworthy."),
+    ("oracle lift", "the true lift, from the world's known click and purchase probabilities on the same traffic; "
+                    "'± x%' is its sampling error when only a sample of requests was scored by both models."),
+    ("guardrail", "a metric that must not get significantly worse for a ship decision."),
+]
+
+
 def conclusions(report: dict) -> List[str]:
     """What a reader may conclude, in plain words."""
     alpha, lines = report["alpha"], []
+    if "decision" in report:
+        lines.append(verdict_lines(report)[0])
     overall = report["overall"]
     if overall["srm_alarm"]:
         lines.append(f"**Sample ratio mismatch** overall (p = {_p(overall['srm_p'])}): the split of users does "
@@ -173,8 +285,9 @@ def conclusions(report: dict) -> List[str]:
 def to_markdown(report: dict) -> str:
     meta = report["meta"]
     out = [f"# A/B test: canary vs stable ({meta.get('mode', '?')})", ""]
-    out += [f"- {k}: {v}" for k, v in meta.items()]
-    out += ["", "## What this run says", ""] + [f"- {line}" for line in conclusions(report)]
+    out += ["## Verdict", ""] + [f"- {line}" for line in verdict_lines(report)]
+    out += ["", "## Run", ""] + [f"- {k}: {v}" for k, v in meta.items()]
+    out += ["", "## What this run says", ""] + [f"- {line}" for line in conclusions(report)[1:]]
     overall = report["overall"]
     out += ["", "## Overall (post-stratified by domain; user-clustered delta method)", "",
             f"Users stable/canary: {overall['users_stable']}/{overall['users_canary']}; impressions "
@@ -186,7 +299,18 @@ def to_markdown(report: dict) -> str:
         if m:
             label = label + (" (CUPED)" if m["cuped"] else "")
             out.append(f"| {label} | {m['stable']:.5g} | {m['canary']:.5g} | {_pct(m['rel_lift'])} | {_ci(m['rel_ci'])} "
-                       f"| {_p(m['p_value'])} | {_mde(m['mde_rel'])} | {_pct(m['oracle_rel_lift'])} |")
+                       f"| {_p(m['p_value'])} | {_mde(m['mde_rel'])} | {_oracle_pm(m['oracle_rel_lift'], m['oracle_se'])} |")
+    if report.get("cuped"):
+        out += ["", "## Raw and CUPED-adjusted (the estimates above and below are CUPED-adjusted)", "",
+                "| scope | metric | raw stable | raw canary | raw lift | raw 95% CI | CUPED stable | CUPED canary "
+                "| CUPED lift | CUPED 95% CI |", "|" + "---|" * 10]
+        for part in [overall] + report["domains"]:
+            for name in ("ctr", "gmv_per_user"):
+                m = part["metrics"].get(name)
+                if m:
+                    out.append(f"| {part['scope']} | {METRIC_LABELS[name]} | {m['raw_stable']:.5g} | {m['raw_canary']:.5g} "
+                               f"| {_pct(m['raw_rel_lift'])} | {_ci(m['raw_rel_ci'])} | {m['stable']:.5g} "
+                               f"| {m['canary']:.5g} | {_pct(m['rel_lift'])} | {_ci(m['rel_ci'])} |")
     out += ["", "## Per domain (p-values Holm-adjusted across domains)", "",
             "| domain | canary share | users S/C | impressions S/C | CTR S | CTR C | CTR lift | CTR 95% CI | p (Holm) "
             "| CTR oracle | GMV/user S | GMV/user C | GMV lift | GMV 95% CI | p (Holm) | GMV oracle | CTR MDE | SRM p |",
@@ -205,7 +329,8 @@ def to_markdown(report: dict) -> str:
                    f"{_pct(gmv['oracle_rel_lift'])} | {_mde(ctr['mde_rel'])} | {_p(d['srm_p'])}{alarm} |")
     out += ["", "## Method", "",
             "- Unit: the user (the router randomises users within a domain). CTR is a ratio metric: delta method "
-            "with the user as cluster. Clicks/user and GMV/user per domain: Welch's t-test.",
+            "with the user as cluster. Clicks/user and GMV/user per domain: Student's t-test (pooled variance; "
+            "Welch's under-covers heavy-tailed GMV in a small arm).",
             "- CUPED: " + ("every metric adjusted by the user's pre-period value in the domain (stable model for "
                            "all users before the experiment): clicks/user and GMV/user by their own pre-period "
                            "value, CTR's numerator by the linearised pre-period CTR; the stable/canary columns "
@@ -221,7 +346,12 @@ def to_markdown(report: dict) -> str:
             f"- MDE: smallest relative lift detected with {int(100 * report['power'])}% power at alpha "
             f"{report['alpha']}, from this run's standard errors.",
             "- Oracle lift: expected clicks/GMV of the lists each model would show on the same traffic, from the "
-            "world's true probabilities (no sampling).", ""]
+            "world's true probabilities; overall over the same domains as the estimate. "
+            + ("Every request was scored by both models (exact)." if not any(
+                (report["overall"]["metrics"].get(n) or {}).get("oracle_se") for n in METRIC_LABELS)
+               else f"The other arm's model scored a random sample of requests per domain "
+                    f"({report.get('oracle_sampled_requests')}); '±' is the oracle's sampling error."),
+            "", "## Terms", ""] + [f"- **{term}**: {meaning}" for term, meaning in GLOSSARY] + [""]
     return "\n".join(out)
 
 

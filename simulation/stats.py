@@ -1,4 +1,4 @@
-"""Statistics of the A/B test: user-clustered lifts, Welch tests, SRM, corrections, MDE, CUPED.
+"""Statistics of the A/B test: user-clustered lifts, t-tests, SRM, corrections, MDE, CUPED.
 
 Everything here is numpy/scipy on per-(user, domain, arm) aggregates (`Cells`), so it runs
 the same on a few thousand live requests and on tens of millions of offline impressions.
@@ -15,7 +15,8 @@ Methods (Deng, Knoblich & Lu, KDD 2018; GrowthBook/Statsig documentation):
   the sample variance of the user sums. This equals the textbook formula
   [s2_Y - 2 R s_YN + R^2 s2_N] / (n N_bar^2) for one arm, and extends unchanged to
   relative lifts and to domain-stratified overall estimates.
-- Clicks per user and GMV per user in a domain: Welch's t-test on the users' values.
+- Clicks per user and GMV per user in a domain: Student's t-test (pooled variance) on the users'
+  values; Welch's under-covers heavy-tailed GMV when an arm is small (see `mean_comparison`).
 - Relative lift R_T / R_C - 1: delta-method interval (not Fieller, not log-ratio).
 - Overall (all domains): a post-stratified estimate, sum_d w_d * metric_{arm,d}, with the
   same weights w_d for both arms, because canary shares may differ by domain and a pooled
@@ -43,7 +44,7 @@ from scipy import stats as sps
 # The primitives live in ab_inference; they are part of this module's interface too.
 from crocodile.simulation.ab_inference import (  # noqa: F401
     ALPHA, POWER, SRM_ALARM_P, Comparison, benjamini_hochberg, cuped_adjust, holm, msprt,
-    naive_impression_ztest, srm_pvalue, stratified_ratio_comparison, welch_comparison)
+    mean_comparison, naive_impression_ztest, srm_pvalue, stratified_ratio_comparison)
 
 # Below this many users in an arm the normal approximations are rough: impressions per user
 # are heavy-tailed, so a few heavy users dominate (A/A runs with ~50 users in an arm gave
@@ -149,7 +150,7 @@ def _domain_result(cells: Cells, domain: int, share: float, alpha, power, use_cu
             pre = _covariate(cells, name)
             if use_cuped and pre is not None:
                 y = cuped_adjust(y, pre)
-            metrics[name] = welch_comparison(y[~canary], y[canary], name, alpha, power)
+            metrics[name] = mean_comparison(y[~canary], y[canary], name, alpha, power)
             metrics[name].cuped = bool(use_cuped and pre is not None)
     return ScopeResult(f"domain {domain}", share, n_s, n_c, float(cells.impressions[~canary].sum()),
                        float(cells.impressions[canary].sum()), srm_p,
@@ -231,4 +232,4 @@ def analyze(cells: Cells, canary_shares, alpha: float = ALPHA, power: float = PO
             domains[d].metrics[name].p_holm = float(p_h)
             domains[d].metrics[name].p_bh = float(p_b)
     return {"overall": _overall_result(cells, shares, in_experiment, alpha, power, use_cuped), "domains": domains,
-            "alpha": alpha, "power": power, "multiple_comparison": "Holm (decisions); Benjamini-Hochberg shown"}
+            "in_experiment": in_experiment, "alpha": alpha, "power": power, "multiple_comparison": "Holm (decisions); Benjamini-Hochberg shown"}

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from crocodile.model.diagnostics import (expert_statistics, frequency_groups, information_abundance,
+from crocodile.model.diagnostics import (cross_expert_covariance, expert_statistics, frequency_groups, information_abundance,
                                          embedding_diagnostics)
 from crocodile.model.features import WORLD_FEATURES
 from crocodile.model.registry import build_model
@@ -24,6 +24,21 @@ def test_expert_statistics_count_dead_units():
     assert stats["dead_fraction"] == pytest.approx([2 / 3, 0.0])
     assert stats["mean"] == pytest.approx([2.5 / 3, 2.0])
     assert stats["std"][1] == pytest.approx(0.0)
+    assert stats["unit_std"] == pytest.approx([np.std([1, 2, 3, 4]) / 3, 0.0])
+    assert stats["information_abundance"][0] == pytest.approx(1.0)            # one live unit: rank 1
+    assert stats["cross_expert_covariance"] == pytest.approx(0.0)             # expert 1 is constant
+
+
+def test_full_batch_cross_expert_covariance_matches_the_pairwise_definition():
+    rng = np.random.default_rng(0)
+    outputs = np.maximum(rng.normal(size=(500, 3, 4)), 0)
+    outputs[:, 2] = outputs[:, 0] * 2.0                 # expert 2 copies expert 0: a large covariance
+    n, d = 500, 4
+    centred = outputs - outputs.mean(axis=0)
+    expected = sum(np.abs(centred[:, p].T @ centred[:, q]).sum() / (n - 1)
+                   for p, q in ((0, 1), (0, 2), (1, 2))) / d ** 2
+    assert cross_expert_covariance(outputs) == pytest.approx(expected, rel=1e-12)
+    assert cross_expert_covariance(outputs[:, :2]) < 0.1 * expected          # independent experts only
 
 
 def test_frequency_groups_split_items_by_count():

@@ -44,36 +44,39 @@ def config_path(tmp_path, model_base):
 
 @pytest.fixture
 def start_model_server():
-    """start(config_path, batching=None, **kwargs) -> (port, core); servers stop at teardown."""
+    """start(config_path, batching=None, **kwargs) -> (port, core); servers and cores stop at teardown.
+
+    Extra keyword arguments go to ServerCore (file_system_poll_wait_seconds, max_num_load_retries, ...)."""
     from crocodile.serving.model_config import read_model_config
     from crocodile.serving.model_server import build_server
     from crocodile.serving.server_core import ServerCore
     started = []
 
-    def start(path, batching=None, max_request_examples=None, grpc_options=(), allow_unavailable_labels=True):
-        core = ServerCore(allow_version_labels_for_unavailable_models=allow_unavailable_labels)
+    def start(path, batching=None, grpc_options=(), allow_unavailable_labels=True, health=False, **core_options):
+        core = ServerCore(allow_version_labels_for_unavailable_models=allow_unavailable_labels, **core_options)
         core.reload_config(read_model_config(path))
-        server, port, scheduler = build_server(core, 0, batching, max_request_examples, grpc_options,
-                                               host="127.0.0.1")
+        server, port, scheduler = build_server(core, 0, batching, grpc_options, host="127.0.0.1",
+                                               enable_grpc_healthcheck_service=health)
         server.start()
-        started.append((server, scheduler))
+        started.append((server, scheduler, core))
         return port, core
     yield start
-    for server, scheduler in started:
+    for server, scheduler, core in started:
         server.stop(0).wait()
         if scheduler is not None:
             scheduler.stop()
+        core.stop()
 
 
 @pytest.fixture
 def start_router():
-    """start(backend_port, policy, exposure_log=None, **kwargs) -> (port, router)."""
+    """start(backend_port, policy, exposure_log=None, max_concurrent_rpcs=None, **router_kwargs) -> (port, router)."""
     from crocodile.serving.router import Router, build_router_server, shutdown
     started = []
 
-    def start(backend_port, policy, exposure_log=None, **kwargs):
+    def start(backend_port, policy, exposure_log=None, max_concurrent_rpcs=None, **kwargs):
         router = Router(f"127.0.0.1:{backend_port}", policy, exposure_log=exposure_log, **kwargs)
-        server, port = build_router_server(router, 0, host="127.0.0.1")
+        server, port = build_router_server(router, 0, host="127.0.0.1", max_concurrent_rpcs=max_concurrent_rpcs)
         server.start()
         started.append((server, router))
         return port, router

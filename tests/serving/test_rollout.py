@@ -2,8 +2,10 @@
 and the move takes effect through the router without a restart."""
 import os
 import shutil
+import time
 
 import pytest
+from tensorflow_serving.apis.get_model_status_pb2 import ModelVersionStatus
 
 from serving_test_data import CANARY_VERSION, MODEL_NAME, STABLE_VERSION, candidates
 from crocodile.cli import main as crocodile_main
@@ -51,7 +53,9 @@ def test_label_move_takes_effect_without_restart(tmp_path, three_versions, start
     # As in production (docker/): labels at start-up need the flag; a MOVE to an unloaded version
     # is refused even with it, so the rollout must still load first.
     backend, core = start_model_server(path, allow_unavailable_labels=True)
-    everyone_canary = CanaryPolicy.from_dict({"experiment": "r", "salt": "s", "default_canary_share": 1.0})
+    # allow_client_version: the last check asks for the stable label explicitly.
+    everyone_canary = CanaryPolicy.from_dict({"experiment": "r", "salt": "s", "default_canary_share": 1.0,
+                                              "allow_client_version": True})
     port, _ = start_router(backend, everyone_canary)
     client = ScoringClient(f"127.0.0.1:{port}")
     assert client.regress(0, "u1", candidates(2), context=CONTEXT).version == CANARY_VERSION
@@ -64,6 +68,10 @@ def test_label_move_takes_effect_without_restart(tmp_path, three_versions, start
     result = client.regress(0, "u1", candidates(2), context=CONTEXT)
     assert (result.arm, result.version) == ("canary", 3)
     assert client.regress(0, "u1", candidates(2), context=CONTEXT, label="stable").version == CANARY_VERSION
-    assert sorted(v for v, _, _ in core.version_states(MODEL_NAME)) == [CANARY_VERSION, 3]  # old stable pruned
+    deadline = time.monotonic() + 30  # the prune's unload runs after the reload returned, as in TF Serving
+    while core.available_versions(MODEL_NAME) != [CANARY_VERSION, 3] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert core.available_versions(MODEL_NAME) == [CANARY_VERSION, 3]  # old stable pruned
+    assert core.version_states(MODEL_NAME, STABLE_VERSION)[0][1] == ModelVersionStatus.END  # unloaded
     assert labels_of(path) == ({"stable": CANARY_VERSION, "canary": 3}, [CANARY_VERSION, 3])
     client.close()

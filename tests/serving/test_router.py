@@ -57,10 +57,15 @@ def test_regress_and_predict_via_router_match_savedmodel(start_model_server, sta
         np.testing.assert_allclose(tf.make_ndarray(predicted.outputs["outputs"]),
                                    in_process(reference_models[VERSION_OF_ARM[arm]], rows), rtol=1e-6)
     assert arms == {"stable", "canary"}
+    router.flush()
     lines = [json.loads(line) for line in open(tmp_path / "exposure.jsonl")]
     assert len(lines) == 24
-    assert {"time", "request_id", "user", "domain", "arm", "version", "latency_ms", "status"} <= set(lines[0])
-    assert lines[0]["user"] == "u0" and lines[0]["status"] == "OK"
+    assert {"time", "request_id", "experiment", "user", "domain", "assigned_arm", "served_arm", "version",
+            "fallback", "latency_ms", "status"} <= set(lines[0])
+    for k, line in enumerate(lines):
+        arm = HALF.arm_for((k // 2) % 5, f"u{k // 2}")
+        assert (line["experiment"], line["user"], line["assigned_arm"], line["served_arm"], line["version"],
+                line["fallback"], line["status"]) == ("t", f"u{k // 2}", arm, arm, VERSION_OF_ARM[arm], False, "OK")
 
 
 def test_arm_matches_policy_and_is_sticky_over_many_users(start_model_server, start_router, config_path):
@@ -79,8 +84,12 @@ def test_arm_matches_policy_and_is_sticky_over_many_users(start_model_server, st
     assert abs(share - 0.3) < 4.5 * np.sqrt(0.3 * 0.7 / len(served))
     for (domain, user), arm in list(served.items())[:40]:  # sticky: the same arm again
         assert client.regress(domain, user, candidates(1), context={"user_segment": "s", "user_region": "r"}).arm == arm
-    assert router.metrics.value("crocodile_router_requests_total", method="Regress", arm="canary",
-                                domain="other", code="OK") > 0
+    router.flush()
+    canary_count = sum(arm == "canary" for arm in served.values()) + sum(
+        arm == "canary" for arm in list(served.values())[:40])
+    assert router.metrics.total("crocodile_router_requests_total", method="Regress", experiment="t2",
+                                assigned_arm="canary", served_arm="canary", version=str(CANARY_VERSION),
+                                fallback="false", domain="other", code="OK") == canary_count
     client.close()
 
 
@@ -119,9 +128,19 @@ def test_canary_unavailable_falls_back_to_stable_and_counts(start_model_server, 
         result = client.regress(1, user, candidates(3), context={"user_segment": "s", "user_region": "r"})
         assert (result.arm, result.version) == ("stable", STABLE_VERSION)
     code = "INVALID_ARGUMENT" if how == "label removed" else "NOT_FOUND"
-    assert router.metrics.value("crocodile_router_fallbacks_total", domain="1", code=code) == len(users)
+    router.flush()
+    metrics = router.metrics
+    assert metrics.value("crocodile_router_fallbacks_total", experiment="t", assigned_arm="canary",
+                         served_arm="stable", version=str(STABLE_VERSION), fallback="true", domain="1",
+                         code=code) == len(users)
+    # The canary's failures count against the canary, although every client got an answer.
+    assert metrics.value("crocodile_router_backend_calls_total", experiment="t", arm="canary", code=code) == len(users)
+    assert metrics.total("crocodile_router_requests_total", assigned_arm="canary", served_arm="stable",
+                         fallback="true", code="OK") == len(users)
     lines = [json.loads(line) for line in open(tmp_path / "exposure.jsonl")]
-    assert all(line["fallback"] and line["arm"] == "stable" for line in lines)
+    assert len(lines) == len(users)
+    assert all(line["fallback"] and (line["assigned_arm"], line["served_arm"]) == ("canary", "stable")
+               and line["canary_error"].startswith(code) for line in lines)
     fail_policy = CanaryPolicy.from_dict({**HALF.__dict__, "on_canary_failure": "fail"})
     fail_port, fail_router = start_router(backend, fail_policy)
     with pytest.raises(grpc.RpcError) as error:
@@ -131,12 +150,37 @@ def test_canary_unavailable_falls_back_to_stable_and_counts(start_model_server, 
     client.close()
 
 
-def test_explicit_label_is_honoured(start_model_server, start_router, config_path):
+def test_explicit_version_refused_unless_policy_allows(start_model_server, start_router, config_path,
+                                                       prediction_stub):
     backend, _ = start_model_server(config_path)
-    port, _ = start_router(backend, HALF)
+    port, router = start_router(backend, HALF)
     client = ScoringClient(f"127.0.0.1:{port}")
+    context = {"user_segment": "s", "user_region": "r"}
+    with pytest.raises(grpc.RpcError) as error:
+        client.regress(0, "anyone", candidates(2), context=context, label="canary")
+    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "allow_client_version" in error.value.details()
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name = MODEL_NAME
+    request.model_spec.version.value = CANARY_VERSION
+    request.model_spec.signature_name = "regress"
+    request.input.CopyFrom(example_list_with_context(user_context(user="x", domain=0), candidates(1)))
+    with pytest.raises(grpc.RpcError) as error:
+        prediction_stub(port).Regress(request)
+    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED and "version 2" in error.value.details()
+    allowing = CanaryPolicy.from_dict({**HALF.__dict__, "allow_client_version": True})
+    allowed_port, allowed_router = start_router(backend, allowing)
+    allowed = ScoringClient(f"127.0.0.1:{allowed_port}")
     for label in ("stable", "canary"):
-        result = client.regress(0, "anyone", candidates(2), context={"user_segment": "s", "user_region": "r"},
-                                label=label)
+        result = allowed.regress(0, "anyone", candidates(2), context=context, label=label)
         assert (result.arm, result.version) == (label, VERSION_OF_ARM[label])
+    response, call = prediction_stub(allowed_port).Regress.with_call(request)
+    assert response.model_spec.version.value == CANARY_VERSION
+    assert dict(call.trailing_metadata())["x-crocodile-arm"] == "client"
+    # Arm labels come from the policy or the fixed word 'client', never from the request's strings.
+    allowed_router.flush()
+    arms = {sample.labels["assigned_arm"] for family in allowed_router.metrics.registry.collect()
+            for sample in family.samples if "assigned_arm" in sample.labels}
+    assert arms == {"client"}
     client.close()
+    allowed.close()

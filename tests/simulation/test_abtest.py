@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from crocodile.serving.examples import make_example
 from crocodile.serving.policy import CanaryPolicy
-from crocodile.simulation import ab_scorers, abtest, abtest_cli, stats
+from crocodile.simulation import ab_calibration, ab_scorers, abtest, abtest_cli, stats
 from crocodile.simulation.ab_reference_models import save_world_ranker
 from crocodile.simulation.world import World, WorldConfig
 
@@ -120,9 +120,15 @@ def test_offline_cli_writes_the_report(setup, tmp_path):
     args = parser.parse_args(["abtest", "offline", "--stable", str(root / "models" / "crocodile" / "1"),
                               "--canary", str(root / "models"), "--policy", str(policy_file),
                               "--world", str(root / "data"), "--impressions", "20000", "--report",
-                              str(tmp_path / "report"), "--cuped-impressions", "20000", "--quiet"])
+                              str(tmp_path / "report"), "--cuped-impressions", "20000", "--quiet",
+                              "--candidate-status", "not blessed by the pipeline", "--oracle-requests", "500"])
     assert args.handler(args) == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
+    # Truth far above zero and a clear estimate: the verdict is to ship, next to the pipeline's refusal.
+    assert report["verdict"] == "ship" and report["candidate_status"] == "not blessed by the pipeline"
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "Candidate: not blessed by the pipeline. Simulated truth" in markdown.split("## Run")[0]
+    assert report["oracle_overall_ctr_lift_se"] > 0 and report["meta"]["oracle_requests_per_domain"] == 500
     assert report["meta"]["canary"].endswith("models")  # base path: newest version (2, the oracle) is used
     assert report["oracle_overall_ctr_lift"] > 0.3
     assert report["cuped"] and report["meta"]["cuped_pre_period_impressions"] == 20000
@@ -133,3 +139,61 @@ def test_offline_cli_writes_the_report(setup, tmp_path):
                               "--world", str(root / "data"), "--impressions", "0", "--report", str(tmp_path / "x")])
     with pytest.raises(abtest_cli.UserError, match="--impressions"):
         args.handler(args)
+    args = parser.parse_args(["abtest", "offline", "--stable", str(root / "models"), "--policy", str(policy_file),
+                              "--world", str(root / "data"), "--impressions", "10", "--aa", "--report",
+                              str(tmp_path / "y"), "--oracle-requests", "some"])
+    with pytest.raises(abtest_cli.UserError, match="--oracle-requests must be a positive integer or 'all'"):
+        args.handler(args)
+    assert not (tmp_path / "y").exists()
+
+
+def test_fast_offline_path_matches_the_exhaustive_one(setup):
+    """Score reuse and the sampled oracle change the cost, not the results: on one seed the
+    estimates are identical and the sampled oracle lift is within its sampling error of the exact one."""
+    world, policy = setup["world"], setup["policy"]
+    runs = {}
+    for name, exhaustive, oracle_requests in (("old", True, None), ("new", False, 150)):
+        scorer = ab_scorers.OfflineScorer(world, policy, setup["random"], setup["oracle"], exhaustive=exhaustive)
+        pre = abtest.simulate(world, scorer.pre_period(), 1500, seed=20 + abtest.PRE_PERIOD_SEED_OFFSET,
+                              progress=False)
+        result = abtest.simulate(world, scorer, 3000, seed=20, progress=False, oracle_requests=oracle_requests)
+        runs[name] = (pre, result, scorer.examples_scored)
+    (old_pre, old, old_cost), (new_pre, new, new_cost) = runs["old"], runs["new"]
+    for field in ("user", "domain", "canary", "clicks", "purchases", "gmv"):
+        np.testing.assert_array_equal(getattr(new, field), getattr(old, field))
+        np.testing.assert_array_equal(getattr(new_pre, field), getattr(old_pre, field))
+    shares = abtest.policy_canary_shares(policy, world.num_domains)
+    cells_old = old.cells().with_pre_period(old_pre.cells())
+    cells_new = new.cells().with_pre_period(new_pre.cells())
+    a, b = (stats.analyze(c, shares, use_cuped=True)["overall"].metrics["ctr"] for c in (cells_old, cells_new))
+    assert (a.rel_lift, a.rel_ci, a.p_value) == (b.rel_lift, b.rel_ci, b.p_value)
+    # The exhaustive oracle is exact; the new one scored ~150 requests per domain with both models
+    # (all of domains 3 and 4, which have fewer).
+    assert np.all(old.oracle_variance_terms == 0)
+    assert np.all(new.oracle_sampled_requests[:3] < old.oracle_requests[:3])
+    np.testing.assert_array_equal(new.oracle_sampled_requests[3:], old.oracle_requests[3:])
+    exact, sampled = abtest.oracle_lifts(old, [0, 1, 2]), abtest.oracle_lifts(new, [0, 1, 2])
+    for scope in ("overall", "domain 0", "domain 1", "domain 2"):
+        for metric in ("ctr", "gmv_per_user"):
+            se = sampled[scope][metric + "_se"]
+            assert 0 < se < 0.25 * abs(exact[scope][metric])
+            assert abs(sampled[scope][metric] - exact[scope][metric]) < 4 * se, (scope, metric)
+    # Each distinct (user, domain, item) once per model, the other arm's model on the sample only.
+    assert new_cost < 0.5 * old_cost
+
+
+def test_logging_policy_pre_period_reproduces_the_logged_ctr_without_models(setup):
+    """The world calibrates alpha_d so that its logging policy's traffic has the configured CTR per
+    domain; a pre-period ranked by LoggingPolicyScorer must show those CTRs (a little above: its
+    5% random-exposure slots are left out), below what ranking by the true relevance gives."""
+    world = setup["world"]
+    pre = abtest.simulate(world, ab_scorers.LoggingPolicyScorer(world, seed=1), 20000, seed=3, progress=False)
+    best = abtest.simulate(world, ab_calibration.RelevanceScorer(world),
+                           20000, seed=3, progress=False)
+    for d, configured in enumerate(world.config.domain_ctr):
+        rows = pre.domain == d
+        ctr = pre.clicks[rows].sum() / pre.impressions[rows].sum()
+        assert configured * 0.9 < ctr < configured * 1.2, (d, ctr, configured)
+        rows = best.domain == d
+        assert best.clicks[rows].sum() / best.impressions[rows].sum() > 1.05 * ctr
+    assert not pre.canary.any() and pre.oracle_clicks is None

@@ -60,8 +60,8 @@ def test_live_arms_follow_the_policy_and_match_the_exposure_log(servers):
     seen = []
     original = scorer.score
 
-    def recording(user, domain, candidates, request_ids=None):
-        scored = original(user, domain, candidates, request_ids)
+    def recording(user, domain, candidates, request_ids=None, oracle_rows=None):
+        scored = original(user, domain, candidates, request_ids, oracle_rows)
         seen.append(scored)
         return scored
 

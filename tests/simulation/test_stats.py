@@ -73,12 +73,13 @@ def test_delta_method_interval_matches_a_user_level_bootstrap():
     assert result.rel_ci[1] == pytest.approx(hi, abs=0.25 * se_rel)
 
 
-def test_welch_matches_scipy_ttest_ind():
+@pytest.mark.parametrize("variance, equal_var", [("pooled", True), ("welch", False)])
+def test_mean_comparison_matches_scipy_ttest_ind(variance, equal_var):
     rng = np.random.default_rng(3)
     stable = rng.lognormal(0.0, 1.2, 800) * (rng.random(800) < 0.1)
     canary = rng.lognormal(0.1, 1.5, 500) * (rng.random(500) < 0.12)
-    result = stats.welch_comparison(stable, canary, "gmv_per_user")
-    reference = sps.ttest_ind(canary, stable, equal_var=False)
+    result = stats.mean_comparison(stable, canary, "gmv_per_user", variance=variance)
+    reference = sps.ttest_ind(canary, stable, equal_var=equal_var)
     assert result.p_value == pytest.approx(reference.pvalue, rel=1e-9)
     assert result.abs_lift / result.se_abs == pytest.approx(reference.statistic, rel=1e-9)
     ci = reference.confidence_interval(0.95)
@@ -106,7 +107,7 @@ def test_stratified_per_user_metric_with_one_stratum_is_welch():
     canary = rng.random(5000) < 0.4
     ratio = stats.stratified_ratio_comparison(y, np.ones(y.size), canary, np.arange(y.size),
                                               np.zeros(y.size, int), [1.0])
-    welch = stats.welch_comparison(y[~canary], y[canary])
+    welch = stats.mean_comparison(y[~canary], y[canary], variance="welch")
     assert ratio.abs_lift == pytest.approx(welch.abs_lift)
     assert ratio.se_abs == pytest.approx(welch.se_abs, rel=1e-3)
     assert ratio.p_value == pytest.approx(welch.p_value, rel=0.02)
@@ -173,16 +174,31 @@ def test_skewed_split_raises_the_srm_alarm_and_a_fair_one_does_not():
 def test_analyze_reports_every_domain_with_corrections_and_skips_unsplit_domains():
     rng = np.random.default_rng(8)
     shares = [0.5, 0.5, 0.0]
-    result = stats.analyze(multi_domain_cells(rng, 6000, shares, lift=0.3), shares)
+    cells = multi_domain_cells(rng, 6000, shares, lift=0.3)
+    result = stats.analyze(cells, shares)
     first, second, off = result["domains"]
     assert off.metrics == {} and off.users_canary == 0 and np.isnan(off.srm_p)
     for name in stats.METRICS:
         holm = sorted([first.metrics[name].p_holm, second.metrics[name].p_holm])
         raw = sorted([first.metrics[name].p_value, second.metrics[name].p_value])
         assert holm[0] == pytest.approx(min(1, 2 * raw[0]))
+    # The overall CTR covers the split domains only (domain 2, all on stable, is left out), each
+    # weighted by its share of their impressions, the same weights in both arms.
+    in_split = cells.domain < 2
+    weights = np.bincount(cells.domain[in_split], cells.impressions[in_split], minlength=2)
+    weights = weights / weights.sum()
+
+    def ctr(domain, arm):
+        rows = (cells.domain == domain) & (cells.canary == arm)
+        return cells.clicks[rows].sum() / cells.impressions[rows].sum()
+
+    hand = sum(w * ctr(d, True) for d, w in enumerate(weights)) / sum(w * ctr(d, False) for d, w in enumerate(weights))
     overall = result["overall"].metrics["ctr"]
-    assert overall.rel_ci[0] < 0.3 < overall.rel_ci[1] or overall.p_value < 0.05
-    assert overall.rel_lift > 0.1 and overall.mde_rel > 0
+    assert overall.rel_lift == pytest.approx(hand - 1, rel=1e-9)
+    assert overall.stable == pytest.approx(sum(w * ctr(d, False) for d, w in enumerate(weights)), rel=1e-9)
+    # The true lift (0.3) is inside this run's interval, which is narrow enough to exclude 0.15 and 0.45.
+    assert overall.rel_ci[0] < 0.3 < overall.rel_ci[1]
+    assert overall.rel_ci[0] > 0.15 and overall.rel_ci[1] < 0.45
     # The run's MDE is (z_.975 + z_.8) standard errors of the control value.
     assert overall.mde_rel == pytest.approx(2.8016 * overall.se_abs / overall.stable, rel=1e-3)
 
@@ -305,12 +321,15 @@ def test_msprt_stays_valid_under_peeking_where_the_fixed_horizon_test_does_not()
     assert msprt_stop.mean() <= 0.05
 
 
-def test_msprt_interval_contains_the_estimate_and_shrinks():
-    p_values, lower, upper = stats.msprt([0.5, 0.4, 0.45], [0.04, 0.01, 0.0025], tau=0.2)
-    assert np.all(np.diff(p_values) <= 0) and np.all(lower < [0.5, 0.4, 0.45]) and np.all(upper > [0.5, 0.4, 0.45])
-    assert np.all(np.diff(upper - lower) < 0)
-    # Lambda at 1/alpha exactly on the interval's edge.
-    var, tau = 0.01, 0.2
-    edge = upper[1] - 0.4
-    log_lambda = 0.5 * np.log(var / (var + tau ** 2)) + edge ** 2 * tau ** 2 / (2 * var * (var + tau ** 2))
-    assert np.exp(log_lambda) == pytest.approx(1 / 0.05)
+def test_msprt_p_values_and_interval_match_the_mixture_likelihood_ratio(mixture_likelihood_ratio):
+    tau, alpha = 0.2, 0.05
+    estimates, variances = [0.5, 0.1, 0.45], [0.04, 0.01, 0.0025]
+    p_values, lower, upper = stats.msprt(estimates, variances, tau=tau, alpha=alpha)
+    own = [min(1.0, 1 / mixture_likelihood_ratio(e, v, tau)) for e, v in zip(estimates, variances)]
+    # Look 2 alone is weaker evidence than look 1: the always-valid p-value keeps look 1's.
+    assert own[1] > own[0]
+    np.testing.assert_allclose(p_values, [own[0], own[0], min(own[0], own[2])], rtol=1e-6)
+    # The interval's edges are where the mixture ratio against theta0 = edge crosses 1/alpha.
+    for k, (e, v) in enumerate(zip(estimates, variances)):
+        for edge in (lower[k], upper[k]):
+            assert mixture_likelihood_ratio(e, v, tau, theta0=edge) == pytest.approx(1 / alpha, rel=1e-5)
