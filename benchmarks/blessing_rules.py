@@ -22,7 +22,8 @@ Rules on the same trials:
 
     python benchmarks/blessing_rules.py --data /tmp/demo --trials 400   # prints JSON
 
-(/tmp/demo: crocodile data generate --out /tmp/demo --impressions 300000 --users 200000 --seed 7)
+(/tmp/demo: crocodile data generate --out /tmp/demo --impressions 300000 --users 200000 --seed 7,
+the world of crocodile/demo.py)
 """
 import argparse
 import glob
@@ -186,6 +187,7 @@ def main(argv=None) -> int:
     parser.add_argument("--correlations", default="0.95,0.9",
                         help="sensitivity: equal-quality trials whose models agree less than two seeds "
                              "(logit correlation; not measured, e.g. two architectures of equal AUC)")
+    parser.add_argument("--sensitivity-trials", type=int, default=100)
     parser.add_argument("--noise-json", default=None, help="noise.json of blessing_noise.py (default: MEASURED)")
     args = parser.parse_args(argv)
     measured = dict(MEASURED)
@@ -207,7 +209,7 @@ def main(argv=None) -> int:
                                                 worse_sd=worse_sd, seed=11)
     for correlation in [float(x) for x in args.correlations.split(",") if x]:
         report["equal_sensitivity"][str(correlation)] = run_trials(
-            world, calibrate(world, correlation, measured["mean_auc"]), args.trials, seed=12)
+            world, calibrate(world, correlation, measured["mean_auc"]), args.sensitivity_trials, seed=12)
     report["seconds"] = round(time.time() - started, 1)
     print(json.dumps(report, indent=1))
     return 0

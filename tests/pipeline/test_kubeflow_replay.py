@@ -64,7 +64,7 @@ def _file_states(folder):
 def replays(tmp_path_factory, generate_world_logs):
     base = tmp_path_factory.mktemp("replay")
     volume = str(base / "volume")
-    data = generate_world_logs(os.path.join(volume, "data"), impressions=12000, users=300, items=120)
+    data = generate_world_logs(os.path.join(volume, "data"), impressions=20000, users=400, items=150)
     good = _compile(str(base / "good.yaml"), volume, data, SMALL_HPARAMS, 120)
     worse = _compile(str(base / "worse.yaml"), volume, data, dict(SMALL_HPARAMS, learning_rate=1e-9, epochs=1), 1)
     # The image's environment (docker/Dockerfile.pipeline ENV) and nothing of this process.
@@ -142,4 +142,5 @@ def test_worse_model_is_compared_with_the_pushed_one_and_not_pushed(replays):
     assert _file_states(replays["serving"]) == replays["after_first"]
     with open(os.path.join(second["BlessingGate"]["outputs"]["blessing"]["uri"], "blessing.json")) as f:
         decision = json.load(f)
-    assert not decision["blessed"] and decision["overall"]["ci_high"] < 0
+    assert not decision["blessed"] and decision["overall"]["diff"] < 0
+    assert any("significantly below" in reason for reason in decision["reasons"]), decision["reasons"]
