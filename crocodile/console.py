@@ -14,7 +14,9 @@ Quiet mode (the default of the ``crocodile`` program, ``quiet()``):
 - Python's ``sys.stderr`` stays on the terminal (a duplicate of the original descriptor),
   so the command's own progress bars and error messages still show;
 - ``warnings``, the ``logging`` module (absl, TFX, Beam, TensorFlow's Python logger) and
-  unraisable exceptions go to the log file;
+  unraisable exceptions go to the log file; the project's own loggers (``crocodile.*``:
+  a server's "listening", "policy reloaded", "canary aborted" lines) show on the
+  terminal as well, since they are the command's own messages;
 - ``exit_process`` flushes everything and leaves with ``os._exit``: the work is done and
   every file is closed, so interpreter teardown (where the ``AtomicFunction.__del__``
   tracebacks come from) has nothing left to do.
@@ -36,6 +38,7 @@ from typing import Optional
 LOG_FILE_ENV = "CROCODILE_LOG_FILE"
 VERBOSE_ENV = "CROCODILE_VERBOSE"
 LOG_DIR_ENV = "CROCODILE_LOG_DIR"
+OWN_LOGGER = "crocodile"  # the project's loggers: shown on the terminal, not treated as noise
 # 1 drops TensorFlow's C++ INFO lines (CPU features, oneDNN) even from the log file;
 # warnings and errors are kept there.
 TF_CPP_MIN_LOG_LEVEL = "1"
@@ -104,6 +107,9 @@ def quiet(command: str, verbose: bool = False, path: Optional[str] = None) -> Op
     root = logging.getLogger()
     root.addHandler(handler)  # TensorFlow's and absl's loggers add no handler of their own then
     root.setLevel(logging.INFO)
+    own = logging.StreamHandler(sys.stderr)  # the terminal: sys.stderr was re-pointed above
+    own.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger(OWN_LOGGER).addHandler(own)
 
     def unraisable(info):
         stream = _state["log_stream"]

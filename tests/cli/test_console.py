@@ -21,6 +21,7 @@ NOISY_SCRIPT = textwrap.dedent("""
     os.write(2, b"C-LEVEL NOISE\\n")
     warnings.warn("PYTHON VERSION NOISE", FutureWarning)
     logging.getLogger("absl").warning("ABSL NOISE")
+    logging.getLogger("crocodile.serving.router").info("OWN MESSAGE")
 
     class Finalizer:
         def __del__(self):
@@ -49,7 +50,9 @@ def test_quiet_mode_keeps_progress_on_the_terminal_and_noise_in_the_log(tmp_path
     logs = os.listdir(tmp_path / "logs")
     assert len(logs) == 1 and logs[0].startswith("probe-")
     log_path = str(tmp_path / "logs" / logs[0])
-    assert result.stderr == f"progress on stderr\nlibrary logs: {log_path}\n"
+    own, rest = result.stderr.split("\n", 2)[1], result.stderr.split("\n", 2)[::2]
+    assert own.endswith("INFO crocodile.serving.router: OWN MESSAGE")  # the project's own log line
+    assert rest == ["progress on stderr", f"library logs: {log_path}\n"]
     with open(log_path) as f:
         log = f.read()
     for noise in NOISE:
