@@ -1,7 +1,15 @@
-"""Request data shared by the serving tests (canonical WORLD_FEATURES columns)."""
+"""Request data and helpers shared by the serving tests (canonical WORLD_FEATURES columns)."""
+import socket
 
 MODEL_NAME = "crocodile"
 STABLE_VERSION, CANARY_VERSION = 1, 2
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for servers started as separate processes)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def good_features(user="u00042", item="i00017", domain=1, price=12.5):

@@ -4,7 +4,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -13,19 +12,13 @@ import time
 import grpc
 import pytest
 
-from serving_test_data import candidates
+from serving_test_data import candidates, free_port
 from crocodile.cli import main as crocodile_main
 from crocodile.serving.client import ScoringClient
 
 CROCODILE = [sys.executable, "-m", "crocodile"]
 CONTEXT = {"user_segment": "s", "user_region": "r"}
 ITEMS = {f"i{k}": {"item_category": f"c{k}", "price": 10.0 * k} for k in (1, 2, 3)}
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch(args, log_path):

@@ -6,9 +6,7 @@ restarted mid-load is reached again without restarting the router.
 Counts are printed (pytest -s) for the serving note."""
 import json
 import logging
-import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +15,7 @@ import time
 import grpc
 import pytest
 
-from serving_test_data import CANARY_VERSION, STABLE_VERSION, candidates
+from serving_test_data import CANARY_VERSION, STABLE_VERSION, candidates, free_port
 from crocodile.serving.batching import BatchingOptions
 from crocodile.serving.client import ScoringClient
 from crocodile.serving.model_config import read_model_config
@@ -26,12 +24,6 @@ from crocodile.serving.policy import CanaryPolicy
 from crocodile.serving.server_core import ServerCore
 
 CONTEXT = {"user_segment": "s", "user_region": "r"}
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_load(port, clients, seconds, on_tick=None):

@@ -6,7 +6,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from serving_test_data import MODEL_NAME, STABLE_VERSION, candidates
+from serving_test_data import MODEL_NAME, STABLE_VERSION, candidates, free_port
 from crocodile.serving.client import ScoringClient
 from crocodile.serving.model_config import build_model_config, format_model_config
 from crocodile.serving.policy import CanaryPolicy
@@ -45,12 +44,6 @@ def replace_file(path, text):
     """Writes as an operator or a ConfigMap update does: a new file renamed over the old one."""
     (path.parent / (path.name + ".new")).write_text(text)
     os.replace(path.parent / (path.name + ".new"), path)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_health_follows_backend_and_labels(start_model_server, start_router, config_path, tmp_path, model_base):
