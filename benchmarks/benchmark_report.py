@@ -111,6 +111,12 @@ def _cell(entry: dict) -> str:
     return f"{entry['diff']:+.4f}{ci}{mark}"
 
 
+def _domain_table(title: str, domains: List[str]) -> List[str]:
+    """Heading and header rows of a table with an overall column and one column per domain."""
+    return [title, "", "| model | overall | " + " | ".join(f"domain {d}" for d in domains) + " |",
+            "|---|---|" + "---|" * len(domains)]
+
+
 def markdown(report: dict) -> str:
     summary, ladder, data = report["summary"], report.get("ladder") or {}, report["data"]
     settings = report["settings"]
@@ -125,9 +131,7 @@ def markdown(report: dict) -> str:
              f" of {settings['seeds']}; epoch cap {settings.get('epoch_cap', settings.get('epochs'))}; "
              f"tuning: {settings.get('tuning', 'n/a')}. Tables show mean ± std over seeds.", ""]
     for metric in METRICS:
-        lines += [f"## {metric.upper()} (eval split)", "",
-                  "| model | overall | " + " | ".join(f"domain {d}" for d in domains) + " |",
-                  "|---|---|" + "---|" * len(domains)]
+        lines += _domain_table(f"## {metric.upper()} (eval split)", domains)
         for name, result in ladder.items():
             lines.append(f"| *{name}* | {result['overall'][metric]:.4f} | "
                          + " | ".join(f"{result['domains'][d][metric]:.4f}" if d in result["domains"] else "n/a"
@@ -147,9 +151,7 @@ def markdown(report: dict) -> str:
                   f"spread and the eval rows' sampling noise (user-clustered); **+** / **−**: {ref} significantly "
                   f"better / worse (per domain: Holm across domains), otherwise a tie.", ""]
         for metric in METRICS:
-            lines += [f"### {metric.upper()}", "",
-                      "| model | overall | " + " | ".join(f"domain {d}" for d in domains) + " |",
-                      "|---|---|" + "---|" * len(domains)]
+            lines += _domain_table(f"### {metric.upper()}", domains)
             for model, per_metric in paired["models"].items():
                 scopes = per_metric.get(metric, {})
                 lines.append(f"| {model} | {_cell(scopes.get('overall'))} | "
