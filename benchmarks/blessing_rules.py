@@ -77,6 +77,18 @@ def _auc(labels, scores) -> float:
     return float(auc_contrast(labels, scores, [1.0]).estimate)
 
 
+def _noise_sd_for_auc(labels, scores, noise, target_auc: float) -> float:
+    """The scale k at which scores + k * noise has AUC target_auc (bisection; AUC falls as k grows)."""
+    low, high = 0.0, 20.0
+    for _ in range(40):
+        mid = (low + high) / 2
+        if _auc(labels, scores + mid * noise) > target_auc:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
 def calibrate(world: Dict[str, np.ndarray], logit_correlation: float, mean_auc: float,
               seed: int = 0) -> Dict[str, float]:
     """tau, sigma such that two simulated retrains match the measured correlation and AUC."""
@@ -84,15 +96,7 @@ def calibrate(world: Dict[str, np.ndarray], logit_correlation: float, mean_auc: 
     idx = rng.choice(world["domains"].size, min(200_000, world["domains"].size), replace=False)
     signal = world["relevance_logit"][idx]
     labels = (rng.random(idx.size) < world["p_click"][idx]).astype(np.int64)
-    noise = rng.normal(size=idx.size)
-    low, high = 0.0, 20.0   # total noise sd: AUC falls as it grows
-    for _ in range(40):
-        mid = (low + high) / 2
-        if _auc(labels, signal + mid * noise) > mean_auc:
-            low = mid
-        else:
-            high = mid
-    total_var = ((low + high) / 2) ** 2
+    total_var = _noise_sd_for_auc(labels, signal, rng.normal(size=idx.size), mean_auc) ** 2
     sigma2 = (1 - logit_correlation) * (np.var(signal) + total_var)
     tau2 = max(total_var - sigma2, 0.0)
     return {"tau": math.sqrt(tau2), "sigma": math.sqrt(min(sigma2, total_var)), "total_noise_sd": math.sqrt(total_var),
@@ -107,16 +111,7 @@ def worse_noise_sd(world, noise: Dict[str, float], domain: int, drop: float, see
     signal = world["relevance_logit"][rows]
     labels = (rng.random(rows.size) < world["p_click"][rows]).astype(np.int64)
     base = signal + rng.normal(0, noise["tau"], rows.size) + rng.normal(0, noise["sigma"], rows.size)
-    extra = rng.normal(size=rows.size)
-    target = _auc(labels, base) - drop
-    low, high = 0.0, 20.0
-    for _ in range(40):
-        mid = (low + high) / 2
-        if _auc(labels, base + mid * extra) > target:
-            low = mid
-        else:
-            high = mid
-    return (low + high) / 2
+    return _noise_sd_for_auc(labels, base, rng.normal(size=rows.size), _auc(labels, base) - drop)
 
 
 def old_rule_blessed(labels, baseline, candidate, domains, thresholded) -> bool:
