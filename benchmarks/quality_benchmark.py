@@ -15,7 +15,6 @@ Every model gets the same tuning budget: none. All run at their registered defau
 the report counts the runs that hit the cap. Budgets (``BUDGETS``) fix models, seeds,
 rows and the epoch cap before any result is seen.
 """
-import glob
 import json
 import logging
 import os
@@ -65,11 +64,13 @@ def model_spec(name: str, hparams: dict) -> tuple:
 
 def load_truth(data_dir: str, eval_raw: pd.DataFrame) -> Optional[pd.DataFrame]:
     """p_click and p_relevance of each eval row, joined on (request_id, position); None if absent."""
-    files = sorted(glob.glob(os.path.join(data_dir, "ground_truth", "*.csv")))
-    if not files or "request_id" not in eval_raw or "position" not in eval_raw:
+    from crocodile.simulation import dataset
+    if (not os.path.isdir(os.path.join(data_dir, dataset.GROUND_TRUTH_DIR))
+            or "request_id" not in eval_raw or "position" not in eval_raw):
         return None
     columns = ["request_id", "position", "p_click", "p_relevance"]
-    truth = pd.concat([pd.read_csv(f, dtype={"request_id": str}, usecols=columns) for f in files], ignore_index=True)
+    truth = pd.DataFrame(dataset.read_ground_truth(data_dir, columns)).astype({"request_id": str,
+                                                                               "position": np.int64})
     keys = eval_raw[["request_id", "position"]].astype({"request_id": str, "position": np.int64})
     joined = keys.merge(truth, on=["request_id", "position"], how="left")
     if joined["p_click"].isna().any():
