@@ -36,6 +36,8 @@ def add_quality_arguments(parser) -> None:
     parser.add_argument("--max-rows", type=int, default=None, help="read at most this many log rows "
                                                                    "(overrides the budget's)")
     parser.add_argument("--epochs", type=int, default=None, help="epoch cap (overrides the budget's)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a run cut short in --out with the same settings (trains only what is missing)")
     parser.add_argument("--hparams", default=None, help='JSON dict of hyperparameter overrides, e.g. \'{"disentangle_weight": 1e-3}\'')
 
 
@@ -109,7 +111,7 @@ def run_quality(args) -> int:
     max_rows = args.max_rows if args.max_rows is not None else budget["max_rows"]
     epochs = args.epochs if args.epochs is not None else budget["epochs"]
     report = run(data, models, seeds, args.out, max_rows=max_rows, epochs=epochs, hparams=hparams,
-                 reference=args.reference, budget=args.budget)
+                 reference=args.reference, budget=args.budget, resume=args.resume)
     with open(f"{args.out}/quality.md") as f:
         print(f.read())
     print(f"wrote {args.out}/quality.json, quality.md and {len(report['plots'])} plots")

@@ -196,10 +196,74 @@ def prepare_data(data_dir: str, out_dir: str, max_rows: Optional[int] = None):
     return feature_config, vocab, (fit_arrays, val_arrays, transformed.eval), transformed, transform_seconds
 
 
+RUN_SETTINGS = "run_settings.json"
+
+
+def run_settings(data_dir, models, seeds, max_rows, epochs, hparams, reference, budget) -> dict:
+    """What a resumed run must share with the one it continues (written at the start)."""
+    return {"data": os.path.abspath(data_dir), "models": list(models), "seeds": seeds, "max_rows": max_rows,
+            "epoch_cap": epochs, "hparams_overrides": hparams, "reference": reference, "budget": budget}
+
+
+def eval_fingerprint(labels, users, domains) -> str:
+    """Hash of the eval rows, so a resumed run is paired on exactly the rows of the first part."""
+    import hashlib
+    digest = hashlib.sha256()
+    for array in (labels, users, domains):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def start_or_resume(out_dir: str, settings: dict, resume: bool) -> list:
+    """Checks out_dir and returns the runs already completed there ([] for a new run).
+
+    A new run needs a folder without a report. A resumed run needs the settings it was started
+    with, unchanged; it keeps every run recorded in runs.jsonl whose predictions were saved
+    (a run cut off mid-way is trained again) and never rewrites them.
+    """
+    settings_path = os.path.join(out_dir, RUN_SETTINGS)
+    if not resume:
+        if os.path.exists(os.path.join(out_dir, "quality.json")) or os.path.exists(settings_path):
+            raise UserError(f"{out_dir}: holds an earlier benchmark run; choose a new --out "
+                            "(or pass --resume to continue it)")
+        os.makedirs(out_dir, exist_ok=True)
+        with open(settings_path, "w") as f:
+            json.dump(settings, f, indent=1)
+        return []
+    if not os.path.exists(settings_path):
+        raise UserError(f"--resume: {settings_path} not found; {out_dir} holds no run to continue")
+    with open(settings_path) as f:
+        recorded = json.load(f)
+    changed = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
+    if changed:
+        detail = "; ".join(f"{k}: was {recorded.get(k)!r}, now {settings.get(k)!r}" for k in changed)
+        raise UserError(f"--resume: settings differ from the run in {out_dir} ({detail})")
+    done = []
+    runs_path = os.path.join(out_dir, "runs.jsonl")
+    if os.path.exists(runs_path):
+        with open(runs_path) as f:
+            for line in f:
+                try:
+                    result = json.loads(line)
+                except json.JSONDecodeError:     # the last line of a run killed while writing
+                    continue
+                if os.path.exists(prediction_path(out_dir, result["model"], result["seed"])):
+                    done.append(result)
+    return done
+
+
+def prediction_path(out_dir: str, model: str, seed: int) -> str:
+    return os.path.join(out_dir, "predictions", f"{model}-seed{seed}.npy")
+
+
 def run(data_dir: str, models: Sequence[str], seeds: int, out_dir: str, max_rows: Optional[int] = None,
         epochs: Optional[int] = None, hparams: Optional[dict] = None, reference: str = REFERENCE_MODEL,
-        budget: Optional[str] = None) -> dict:
-    """Runs the benchmark and writes quality.json, quality.md and PNG plots under out_dir."""
+        budget: Optional[str] = None, resume: bool = False) -> dict:
+    """Runs the benchmark and writes quality.json, quality.md and PNG plots under out_dir.
+
+    resume: continue a run cut short in out_dir (same settings), training only what is missing;
+    the report's total_seconds then adds up the parts' wall times.
+    """
     from crocodile.benchmarks.benchmark_report import summarise, write_report
     from crocodile.benchmarks.paired_analysis import paired_summary
     from crocodile.model.hparams import HParams
@@ -211,10 +275,20 @@ def run(data_dir: str, models: Sequence[str], seeds: int, out_dir: str, max_rows
         raise UserError(f"--reference {reference!r} is not among --models")
     if seeds < 1:
         raise UserError("--seeds must be >= 1")
-    if os.path.exists(os.path.join(out_dir, "quality.json")):
-        raise UserError(f"{out_dir}: holds an earlier benchmark report; choose a new --out")
     hparams = dict(hparams or {})
     epochs = epochs or HParams().epochs
+    settings = run_settings(data_dir, models, seeds, max_rows, epochs, hparams, reference, budget)
+    completed = {(r["model"], r["seed"]): r for r in start_or_resume(out_dir, settings, resume)}
+    parts_path = os.path.join(out_dir, "parts.jsonl")
+    earlier_parts = []
+    if resume and os.path.exists(parts_path):
+        with open(parts_path) as f:
+            earlier_parts = [json.loads(line) for line in f if line.strip()]
+    # Wall time of the earlier parts: their transforms and the runs they completed.
+    earlier_seconds = (sum(p["transform_seconds"] for p in earlier_parts)
+                       + sum(r.get("wall_seconds", r["train_seconds"]) for r in completed.values()))
+    if resume:
+        log.info("resuming %s: %d of %d runs already done", out_dir, len(completed), seeds * len(models))
 
     start = time.perf_counter()
     feature_config, vocab, data, transformed, transform_seconds = prepare_data(data_dir, out_dir, max_rows)
@@ -238,23 +312,38 @@ def run(data_dir: str, models: Sequence[str], seeds: int, out_dir: str, max_rows
                      "hparams_defaults": HParams().to_dict(), "max_rows": max_rows,
                      "devices": gpus or ["CPU only"]},
         "transform_seconds": transform_seconds,
+        "eval_fingerprint": eval_fingerprint(labels, users, domains),
         "ladder": ladder,
         "runs": [],
     }
+    if earlier_parts and earlier_parts[0]["eval_fingerprint"] != report["eval_fingerprint"]:
+        raise UserError(f"--resume: the eval rows differ from those of the run in {out_dir} "
+                        "(data changed since it started)")
+    with open(parts_path, "a") as f:
+        f.write(json.dumps({"transform_seconds": transform_seconds, "eval_fingerprint": report["eval_fingerprint"],
+                            "resumed_with_runs": len(completed)}) + "\n")
     predictions: Dict[str, list] = {m: [] for m in models}
-    prediction_dir = os.path.join(out_dir, "predictions")
-    os.makedirs(prediction_dir, exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "predictions"), exist_ok=True)
     total = seeds * len(models)
+    trained = 0
     for seed in range(seeds):
         for name in models:
             done = len(report["runs"])
+            if (name, seed) in completed:
+                report["runs"].append(completed[(name, seed)])
+                predictions[name].append(np.load(prediction_path(out_dir, name, seed)))
+                continue
             elapsed = time.perf_counter() - start
-            eta = "" if not done else f", ETA {(elapsed - transform_seconds) / done * (total - done) / 60:.0f} min"
+            eta = "" if not trained else \
+                f", ETA {(elapsed - transform_seconds) / trained * (total - done) / 60:.0f} min"
             log.info("run %d/%d (seed %d, %s)%s", done + 1, total, seed, name, eta)
+            run_start = time.perf_counter()
             result = train_one(name, seed, data, feature_config, vocab, hparams, epochs)
+            result["wall_seconds"] = time.perf_counter() - run_start
+            trained += 1
             probabilities = result.pop("eval_probabilities")
             predictions[name].append(probabilities)
-            np.save(os.path.join(prediction_dir, f"{name}-seed{seed}.npy"), probabilities.astype(np.float32))
+            np.save(prediction_path(out_dir, name, seed), probabilities.astype(np.float32))
             log.info("  %s seed %d: AUC %.4f gAUC %.4f, %d epochs%s in %.0fs", name, seed,
                      result["metrics"]["overall"]["auc"], result["metrics"]["overall"]["gauc"],
                      result["epochs_run"], " (hit the cap)" if result["hit_epoch_cap"] else "",
@@ -266,6 +355,7 @@ def run(data_dir: str, models: Sequence[str], seeds: int, out_dir: str, max_rows
         report["seeds_completed"] = seed + 1
         report["summary"] = summarise(report["runs"], models, ladder)
         report["paired"] = paired_summary(predictions, reference, labels, users, domains)
-        report["total_seconds"] = time.perf_counter() - start
+        report["total_seconds"] = earlier_seconds + time.perf_counter() - start
+        report["parts"] = len(earlier_parts) + 1
         write_report(report, out_dir)
     return report
