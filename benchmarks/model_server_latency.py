@@ -94,6 +94,8 @@ def rows_from_warmup(export_dir: str):
     rows = []
     for data in tf.data.TFRecordDataset(warmup.warmup_path(export_dir)).as_numpy_iterator():
         record = prediction_log_pb2.PredictionLog.FromString(data)
+        if record.WhichOneof("log_type") != "predict_log":   # the Regress records carry the same rows
+            continue
         for serialized in tf.make_ndarray(record.predict_log.request.inputs["examples"]):
             example = tf.train.Example.FromString(serialized)
             row = {}
