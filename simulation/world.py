@@ -36,6 +36,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from crocodile.errors import UserError
+from crocodile.simulation import sampling
 
 CONFIG_FILE = "world_config.json"
 ARRAYS_FILE = "world_arrays.npz"
@@ -246,7 +247,8 @@ class World:
         for key, value in arrays.items():
             setattr(self, "_" + key, value)
         self._pools = [np.flatnonzero(mask) for mask in self._domain_pool_mask]
-        self._pool_cdfs = [np.cumsum(self._item_popularity[p]) / self._item_popularity[p].sum() for p in self._pools]
+        self._pool_inverse_cdfs = [sampling.InverseCdf(np.cumsum(self._item_popularity[p]) / self._item_popularity[p].sum())
+                                   for p in self._pools]
         # P(user | domain) ∝ activity_u * taste_{u,d}: heavy-tailed impressions per user.
         weights = self._user_activity[:, None] * self._user_domain_taste
         self._user_cdfs = np.cumsum(weights / weights.sum(axis=0), axis=0).T.copy()
@@ -343,21 +345,13 @@ class World:
         Draws 3k with replacement and keeps the first k distinct ones in draw order; a row
         that still lacks k distinct items (only with a tiny pool) is topped up uniformly.
         """
-        pool, cdf = self._pools[int(domain)], self._pool_cdfs[int(domain)]
+        pool = self._pools[int(domain)]
         if k > len(pool):
             raise UserError(f"domain {domain}: pool has {len(pool)} items, {k} candidates requested")
-        draws = np.minimum(np.searchsorted(cdf, rng.random((n_requests, 3 * k)), side="right"), len(pool) - 1)
-        order = np.argsort(draws, axis=1, kind="stable")
-        sorted_draws = np.take_along_axis(draws, order, axis=1)
-        first = np.ones_like(sorted_draws, dtype=bool)
-        first[:, 1:] = sorted_draws[:, 1:] != sorted_draws[:, :-1]
-        is_first = np.empty_like(first)
-        np.put_along_axis(is_first, order, first, axis=1)
-        keep = np.argsort(~is_first, axis=1, kind="stable")[:, :k]
-        chosen = np.take_along_axis(draws, keep, axis=1)
-        short = np.take_along_axis(is_first, keep, axis=1).sum(axis=1) < k
-        for row in np.flatnonzero(short):
-            unique = list(dict.fromkeys(chosen[row].tolist()))
+        draws = np.minimum(self._pool_inverse_cdfs[int(domain)](rng.random((n_requests, 3 * k))), len(pool) - 1)
+        chosen, complete, is_first = sampling.first_distinct(draws, k, len(pool))
+        for row in np.flatnonzero(~complete):
+            unique = draws[row][is_first[row]].tolist()
             rest = rng.permutation(np.setdiff1d(np.arange(len(pool)), unique))[: k - len(unique)]
             chosen[row] = np.concatenate([unique, rest])
         return pool[chosen]

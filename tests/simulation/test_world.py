@@ -6,7 +6,7 @@ import pytest
 
 from crocodile.errors import UserError
 from crocodile.model import metrics
-from crocodile.simulation import logs
+from crocodile.simulation import logs, sampling
 from crocodile.simulation.world import CALIBRATION_REQUESTS_PER_DOMAIN, World, WorldConfig, domain_signs
 
 CONFIG = WorldConfig(seed=3, num_users=3000, num_items=800)
@@ -163,6 +163,46 @@ def test_sampling_api(world):
     features = world.user_features(np.array([0, 42]))
     assert features["user_id"].tolist() == ["u000000", "u000042"]
     assert set(world.item_features(np.array([3])).keys()) == {"item_id", "item_category", "price"}
+
+
+def _candidates_row_by_row(world, rng, domain, n, k):
+    """sample_candidates' definition computed one request at a time: popularity-weighted draws
+    by binary search of the pool's CDF, the first k distinct in draw order, short rows topped up."""
+    pool = world.domain_candidates(domain)
+    popularity = world.item_popularity[pool]
+    cdf = np.cumsum(popularity) / popularity.sum()
+    draws = np.minimum(np.searchsorted(cdf, rng.random((n, 3 * k)), side="right"), len(pool) - 1)
+    out = []
+    for row in draws.tolist():
+        distinct = list(dict.fromkeys(row))[:k]
+        if len(distinct) < k:
+            rest = rng.permutation(np.setdiff1d(np.arange(len(pool)), distinct))[: k - len(distinct)]
+            distinct += rest.tolist()
+        out.append(pool[distinct])
+    return np.array(out)
+
+
+def test_candidate_sampling_matches_its_row_by_row_definition(world):
+    """The vectorised sampler (bucket-table inverse CDF, first-draw table) gives the same items
+    from the same random numbers, including the top-up of rows with too few distinct draws."""
+    for d in range(world.num_domains):
+        fast = world.sample_candidates(np.random.default_rng(d), d, 700, 30)
+        np.testing.assert_array_equal(fast, _candidates_row_by_row(world, np.random.default_rng(d), d, 700, 30))
+    tiny = World.create(WorldConfig(seed=1, num_users=50, num_items=40,
+                                    domain_pool_fraction=(1.0, 0.9, 0.8, 0.8, 0.76)))
+    fast = tiny.sample_candidates(np.random.default_rng(5), 4, 300, 30)
+    np.testing.assert_array_equal(fast, _candidates_row_by_row(tiny, np.random.default_rng(5), 4, 300, 30))
+    assert all(len(set(row)) == 30 for row in fast.tolist())
+
+
+def test_inverse_cdf_equals_binary_search_at_bucket_edges_and_crowded_buckets():
+    rng = np.random.default_rng(0)
+    weights = np.concatenate([rng.random(50), np.full(200, 1e-9), rng.random(50)])  # 200 points in one bucket
+    cdf = np.cumsum(weights) / weights.sum()
+    inverse = sampling.InverseCdf(cdf, buckets=64)
+    u = np.concatenate([rng.random(20_000), cdf[:-1], np.arange(64) / 64, np.nextafter(cdf[:-1], 0)])
+    u = u[(u >= 0) & (u < 1)]
+    np.testing.assert_array_equal(inverse(u), np.searchsorted(cdf, u, side="right"))
 
 
 def test_determinism_and_save_load(world, tmp_path):
