@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     def run(variant: str, seed: int, scale: float = 1.0) -> dict:
         exhaustive = variant == "exhaustive"
         requests_, pre_requests_ = max(1, int(requests * scale)), max(1, int(pre_requests * scale))
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         scorer = ab_scorers.OfflineScorer(world, policy, *loaded, exhaustive=exhaustive)
         chunk = abtest_cli.OFFLINE_REQUESTS_PER_CHUNK  # the same traffic in both variants
         pre_scorer = (scorer.pre_period() if exhaustive or args.pre_period_ranker == "stable"
@@ -86,9 +86,11 @@ def main(argv=None) -> int:
                         chunk=chunk, progress=False)
         result = abtest.simulate(world, scorer, requests_, seed=seed, chunk=chunk, progress=False,
                                  oracle_requests=None if exhaustive else args.oracle_requests)
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         lifts = abtest.oracle_lifts(result)["overall"]
-        return {"impressions_per_s": float(result.impressions.sum()) / seconds, "seconds": seconds,
+        impressions = float(result.impressions.sum())
+        return {"impressions_per_s": impressions / seconds, "seconds": seconds,
+                "impressions_per_cpu_s": impressions / cpu_seconds, "cpu_seconds": cpu_seconds,
                 "model_evaluations_per_impression": scorer.examples_scored / float(result.impressions.sum()),
                 "oracle_ctr_lift": lifts["ctr"], "oracle_ctr_lift_se": lifts["ctr_se"],
                 "clicks": int(result.clicks.sum())}
@@ -104,11 +106,15 @@ def main(argv=None) -> int:
             f"{v} {runs[v][-1]['impressions_per_s']:,.0f} imp/s" for v in VARIANTS), file=sys.stderr)
         # Same seed, same traffic and outcomes: the fast path must not change what is measured.
         assert runs["fast"][-1]["clicks"] == runs["exhaustive"][-1]["clicks"]
-    ratios = [f["impressions_per_s"] / e["impressions_per_s"] for e, f in zip(runs["exhaustive"], runs["fast"])]
+    ratios, cpu_ratios = ([f[key] / e[key] for e, f in zip(runs["exhaustive"], runs["fast"])]
+                          for key in ("impressions_per_s", "impressions_per_cpu_s"))
 
     def summary(variant):
         rates = [r["impressions_per_s"] for r in runs[variant]]
+        cpu_rates = [r["impressions_per_cpu_s"] for r in runs[variant]]
         return {"impressions_per_s": {"median": statistics.median(rates), "min": min(rates), "max": max(rates)},
+                "impressions_per_cpu_s": {"median": statistics.median(cpu_rates), "min": min(cpu_rates),
+                                          "max": max(cpu_rates)},
                 "model_evaluations_per_impression": statistics.median(
                     r["model_evaluations_per_impression"] for r in runs[variant]),
                 "oracle_ctr_lift_minus_exact": [f["oracle_ctr_lift"] - e["oracle_ctr_lift"]
@@ -129,6 +135,9 @@ def main(argv=None) -> int:
         "variants": {v: summary(v) for v in VARIANTS},
         "paired_ratio_fast_over_exhaustive": {"median": statistics.median(ratios), "min": min(ratios),
                                               "max": max(ratios)},
+        # CPU seconds of this process (all its threads): less sensitive to other work on a shared machine.
+        "paired_cpu_ratio_fast_over_exhaustive": {"median": statistics.median(cpu_ratios), "min": min(cpu_ratios),
+                                                  "max": max(cpu_ratios)},
         "threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                     "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
                     "cpu_count": os.cpu_count()},

@@ -11,6 +11,7 @@ one traffic path whichever answers:
 - `PrePeriodScorer`: the stable model for everyone (the pre-period behind CUPED), or
   `LoggingPolicyScorer`: the world's logging policy for everyone (no model evaluations).
 """
+import concurrent.futures
 import dataclasses
 import os
 from typing import Dict, Optional
@@ -59,19 +60,12 @@ class ExampleEncoder:
         self._users = serialize_rows(world.user_features(np.arange(world.num_users)))
         self._items = serialize_rows(world.item_features(np.arange(world.num_items)))
         self._domains = serialize_rows({DOMAIN_KEY: np.arange(world.num_domains)})
+        self.tables = (self._users, self._domains, self._items)  # an Example is user + domain + item bytes
 
     def encode(self, user: np.ndarray, domain: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """[n, C] candidates of n requests -> n*C serialized Examples, row-major."""
         per_request = self._users[user] + self._domains[domain]
         return (per_request[:, None] + self._items[candidates]).reshape(-1)
-
-    def encode_triples(self, user: np.ndarray, domain: np.ndarray, item: np.ndarray) -> np.ndarray:
-        """Serialized Examples of flat (user, domain, item) triples; the user + domain part is
-        built once per distinct pair (triples of one pair repeat it)."""
-        pair = user * len(self._domains) + domain
-        pairs, inverse = np.unique(pair, return_inverse=True)
-        prefix = self._users[pairs // len(self._domains)] + self._domains[pairs % len(self._domains)]
-        return prefix[inverse] + self._items[item]
 
 
 def resolve_saved_model(path: str) -> str:
@@ -100,6 +94,15 @@ class SavedModelScorer:
             raise UserError(f"{self.path}: SavedModel has no serving_default signature")
         self._fn = self._loaded.signatures["serving_default"]
         self._batch_size = batch_size
+        strings, indices = tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int64)
+
+        # Traced once per loaded model: the tables are arguments, so every run's encoder reuses it.
+        @tf.function(input_signature=[strings] * 3 + [indices] * 3)
+        def score_joined(users, domains, items, user, domain, item):
+            examples = tf.strings.join([tf.gather(users, user), tf.gather(domains, domain), tf.gather(items, item)])
+            return tf.reshape(self._fn(examples=examples)["outputs"], [-1])
+
+        self._score_joined = score_joined
 
     def __call__(self, serialized: np.ndarray) -> np.ndarray:
         out = []
@@ -108,27 +111,56 @@ class SavedModelScorer:
             out.append(self._fn(examples=batch)["outputs"].numpy().reshape(-1))
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
+    def on_triples(self, encoder: "ExampleEncoder"):
+        """`score(user, domain, item)`: `serving_default` on the Examples of flat index triples.
+
+        The Examples are the bytes `encoder.encode` builds, joined inside TensorFlow
+        from the encoder's per-user, per-domain and per-item tables: no Python string per
+        example, and no list of them copied into a tensor.
+        """
+        tf = self._tf
+        tables = [tf.constant(table.tolist(), tf.string) for table in encoder.tables]
+
+        def score(user: np.ndarray, domain: np.ndarray, item: np.ndarray) -> np.ndarray:
+            out = [self._score_joined(*tables, *(np.asarray(a[start:start + self._batch_size], np.int64)
+                                                 for a in (user, domain, item))).numpy()
+                   for start in range(0, user.size, self._batch_size)]
+            return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+        return score
+
 
 class ScoreCache:
     """Scores already computed, keyed by (user, domain, item), for one model.
 
-    Keys are int64 `(user * num_domains + domain) * num_items + item` kept sorted (a large
-    array plus a small recent one merged into it when it grows past a quarter of it, so the
-    copying stays linear overall). Past `max_entries` nothing new is kept (the scores stay
-    right; only reuse stops). A model's score of a triple does not depend on the request it
-    came in, so a cached score is the score the model would give again.
+    Keys are int64 `(user * num_domains + domain) * num_items + item`. When every possible key
+    fits in `max_entries`, scores sit in a table indexed by the key (a lookup is one gather;
+    the zeroed pages are only allocated by the OS when first written, so a run touches what it
+    scores). Otherwise the keys are kept sorted (a large array plus a small recent one merged
+    into it when it grows past a quarter of it, so the copying stays linear overall), and past
+    `max_entries` nothing new is kept (the scores stay right; only reuse stops). A model's score
+    of a triple does not depend on the request it came in, so a cached score is the score the
+    model would give again.
     """
 
-    def __init__(self, max_entries: int = 40_000_000):
+    def __init__(self, key_space: int, max_entries: int = 40_000_000):
         self.max_entries = max_entries
-        self._parts = [(np.zeros(0, np.int64), np.zeros(0, np.float32)),
-                       (np.zeros(0, np.int64), np.zeros(0, np.float32))]
+        self.dense = key_space <= max_entries
+        if self.dense:
+            self._scores, self._known = np.zeros(key_space, np.float32), np.zeros(key_space, bool)
+            self._size = 0
+        else:
+            self._parts = [(np.zeros(0, np.int64), np.zeros(0, np.float32)),
+                           (np.zeros(0, np.int64), np.zeros(0, np.float32))]
 
     def __len__(self) -> int:
-        return sum(keys.size for keys, _ in self._parts)
+        return self._size if self.dense else sum(keys.size for keys, _ in self._parts)
 
     def lookup(self, keys: np.ndarray):
-        """(scores, found) for sorted unique `keys`; scores are NaN where not found."""
+        """(scores, found) for any int64 `keys`; scores are NaN where not found."""
+        if self.dense:
+            found = self._known[keys]
+            return np.where(found, self._scores[keys], np.float32(np.nan)), found
         scores = np.full(keys.size, np.nan, np.float32)
         found = np.zeros(keys.size, bool)
         for part_keys, part_scores in self._parts:
@@ -140,6 +172,10 @@ class ScoreCache:
 
     def add(self, keys: np.ndarray, scores: np.ndarray) -> None:
         """Adds sorted unique keys not yet cached."""
+        if self.dense:
+            self._scores[keys], self._known[keys] = scores, True
+            self._size += keys.size
+            return
         if len(self) + keys.size > self.max_entries:
             return
         big, recent = self._parts
@@ -161,8 +197,9 @@ class CachedModel:
     def __init__(self, world, encoder: "ExampleEncoder", model: SavedModelScorer, cache: bool = True):
         self.path = model.path
         self._encoder, self._model = encoder, model
-        self._cache = ScoreCache() if cache else None
         self._num_domains, self._num_items = world.num_domains, world.num_items
+        self._score_triples = model.on_triples(encoder) if cache else None
+        self._cache = ScoreCache(world.num_users * self._num_domains * self._num_items) if cache else None
         self.examples_scored = 0  # model evaluations so far (the cost the cache saves)
 
     def score_serialized(self, serialized: np.ndarray) -> np.ndarray:
@@ -175,18 +212,17 @@ class CachedModel:
         if self._cache is None:
             return self.score_serialized(self._encoder.encode(user, domain, candidates)).reshape(candidates.shape)
         keys = ((user[:, None] * self._num_domains + domain[:, None]) * self._num_items + candidates).reshape(-1)
-        unique, inverse = np.unique(keys, return_inverse=True)
-        scores, found = self._cache.lookup(unique)
-        missing = unique[~found]
-        if missing.size:
+        scores, found = self._cache.lookup(keys)
+        if not found.all():
+            unseen = keys[~found]
+            missing, inverse = np.unique(unseen, return_inverse=True)
             item = missing % self._num_items
             user_domain = missing // self._num_items
-            new = self._model(self._encoder.encode_triples(user_domain // self._num_domains,
-                                                           user_domain % self._num_domains, item))
-            scores[~found] = new
+            new = self._score_triples(user_domain // self._num_domains, user_domain % self._num_domains, item)
+            scores[~found] = new[inverse]
             self._cache.add(missing, new)
             self.examples_scored += missing.size
-        return scores[inverse].reshape(candidates.shape)
+        return scores.reshape(candidates.shape)
 
 
 class ModelPair:
@@ -207,6 +243,7 @@ class ModelPair:
         same = os.path.realpath(resolve_saved_model(canary_dir)) == os.path.realpath(self.stable.path)
         self.canary = self.stable if same else CachedModel(world, self.encoder, loaded(canary_path), cache)
         self.cached = cache
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stable-model")
 
     def score(self, user, domain, candidates):
         """Both models on every candidate. Without the cache the Examples are built once for both
@@ -222,18 +259,24 @@ class ModelPair:
         return stable, canary
 
     def score_arms(self, user, domain, candidates, canary: np.ndarray, both: np.ndarray):
-        """Each model on the requests it serves plus those in `both`; NaN elsewhere."""
+        """Each model on the requests it serves plus those in `both`; NaN elsewhere.
+
+        The two models run at once, the stable one in a second thread: TensorFlow and most of
+        NumPy's work release the GIL, and each model has its own cache and counter."""
         if self.canary is self.stable:
             scores = self.stable(user, domain, candidates)
             return scores, scores
-        out = []
-        for model, rows in ((self.stable, ~canary | both), (self.canary, canary | both)):
+
+        def arm(model, rows):
             scores = np.full(candidates.shape, np.nan, np.float32)
             rows = np.flatnonzero(rows)
             if rows.size:
                 scores[rows] = model(user[rows], domain[rows], candidates[rows])
-            out.append(scores)
-        return out[0], out[1]
+            return scores
+
+        stable = self._thread.submit(arm, self.stable, ~canary | both)
+        canary_scores = arm(self.canary, canary | both)
+        return stable.result(), canary_scores
 
     @property
     def examples_scored(self) -> int:

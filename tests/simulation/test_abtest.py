@@ -49,6 +49,43 @@ def test_concatenated_examples_parse_like_examples_built_field_by_field(setup):
         np.testing.assert_array_equal(parsed_fast[key].numpy(), parsed_slow[key].numpy())
 
 
+def test_examples_joined_inside_tensorflow_score_like_the_python_encoding(setup):
+    """on_triples joins the encoder's byte tables in the graph: the same Examples, so the same
+    scores to the bit, in several batches (the last one partial)."""
+    world = setup["world"]
+    encoder = ab_scorers.ExampleEncoder(world)
+    rng = np.random.default_rng(1)
+    user, domain, item = (rng.integers(0, n, 2500) for n in (world.num_users, world.num_domains, world.num_items))
+    for path in (setup["random"], setup["oracle"]):
+        model = ab_scorers.SavedModelScorer(path, batch_size=1000)
+        expected = model(encoder.encode(user, domain, item[:, None]))
+        np.testing.assert_array_equal(model.on_triples(encoder)(user, domain, item), expected)
+    assert model.on_triples(encoder)(user[:0], domain[:0], item[:0]).shape == (0,)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_score_cache_returns_what_was_added_in_both_layouts(dense):
+    key_space = 50_000
+    cache = ab_scorers.ScoreCache(key_space, max_entries=key_space if dense else 30_000)
+    assert cache.dense == dense
+    rng = np.random.default_rng(2)
+    reference = {}
+    for _ in range(6):
+        keys = rng.integers(0, key_space, 4000)
+        scores, found = cache.lookup(keys)
+        np.testing.assert_array_equal(found, [k in reference for k in keys.tolist()])
+        np.testing.assert_array_equal(scores[found], [reference[k] for k in keys[found].tolist()])
+        assert np.isnan(scores[~found]).all()
+        new = np.unique(keys[~found])
+        values = rng.random(new.size).astype(np.float32)
+        cache.add(new, values)
+        reference.update(zip(new.tolist(), values.tolist()))
+    assert len(cache) == len(reference)
+    if not dense:  # past max_entries nothing new is kept
+        cache.add(np.arange(key_space, key_space + 12_000), np.zeros(12_000, np.float32))
+        assert len(cache) == len(reference)
+
+
 def test_reference_model_with_no_noise_scores_the_true_relevance(setup):
     world = setup["world"]
     user, domain, candidates = abtest.sample_traffic(world, np.random.default_rng(0), 50, 10)
