@@ -60,7 +60,16 @@ class ExampleEncoder:
         self._users = serialize_rows(world.user_features(np.arange(world.num_users)))
         self._items = serialize_rows(world.item_features(np.arange(world.num_items)))
         self._domains = serialize_rows({DOMAIN_KEY: np.arange(world.num_domains)})
-        self.tables = (self._users, self._domains, self._items)  # an Example is user + domain + item bytes
+
+    def encode_pairs(self, pair: np.ndarray, item: np.ndarray) -> np.ndarray:
+        """Serialized Examples of (user * num_domains + domain, item) pairs. The user + domain
+        bytes are joined once per run of equal `pair` values (sorted keys come in long runs)."""
+        if pair.size == 0:
+            return np.zeros(0, object)
+        starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
+        runs = pair[starts]
+        prefixes = self._users[runs // self._domains.size] + self._domains[runs % self._domains.size]
+        return np.repeat(prefixes, np.diff(np.r_[starts, pair.size])) + self._items[item]
 
     def encode(self, user: np.ndarray, domain: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """[n, C] candidates of n requests -> n*C serialized Examples, row-major."""
@@ -94,15 +103,6 @@ class SavedModelScorer:
             raise UserError(f"{self.path}: SavedModel has no serving_default signature")
         self._fn = self._loaded.signatures["serving_default"]
         self._batch_size = batch_size
-        strings, indices = tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int64)
-
-        # Traced once per loaded model: the tables are arguments, so every run's encoder reuses it.
-        @tf.function(input_signature=[strings] * 3 + [indices] * 3)
-        def score_joined(users, domains, items, user, domain, item):
-            examples = tf.strings.join([tf.gather(users, user), tf.gather(domains, domain), tf.gather(items, item)])
-            return tf.reshape(self._fn(examples=examples)["outputs"], [-1])
-
-        self._score_joined = score_joined
 
     def __call__(self, serialized: np.ndarray) -> np.ndarray:
         out = []
@@ -110,24 +110,6 @@ class SavedModelScorer:
             batch = self._tf.constant(serialized[start:start + self._batch_size].tolist(), self._tf.string)
             out.append(self._fn(examples=batch)["outputs"].numpy().reshape(-1))
         return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-    def on_triples(self, encoder: "ExampleEncoder"):
-        """`score(user, domain, item)`: `serving_default` on the Examples of flat index triples.
-
-        The Examples are the bytes `encoder.encode` builds, joined inside TensorFlow
-        from the encoder's per-user, per-domain and per-item tables: no Python string per
-        example, and no list of them copied into a tensor.
-        """
-        tf = self._tf
-        tables = [tf.constant(table.tolist(), tf.string) for table in encoder.tables]
-
-        def score(user: np.ndarray, domain: np.ndarray, item: np.ndarray) -> np.ndarray:
-            out = [self._score_joined(*tables, *(np.asarray(a[start:start + self._batch_size], np.int64)
-                                                 for a in (user, domain, item))).numpy()
-                   for start in range(0, user.size, self._batch_size)]
-            return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-        return score
 
 
 class ScoreCache:
@@ -198,7 +180,6 @@ class CachedModel:
         self.path = model.path
         self._encoder, self._model = encoder, model
         self._num_domains, self._num_items = world.num_domains, world.num_items
-        self._score_triples = model.on_triples(encoder) if cache else None
         self._cache = ScoreCache(world.num_users * self._num_domains * self._num_items) if cache else None
         self.examples_scored = 0  # model evaluations so far (the cost the cache saves)
 
@@ -216,9 +197,7 @@ class CachedModel:
         if not found.all():
             unseen = keys[~found]
             missing, inverse = np.unique(unseen, return_inverse=True)
-            item = missing % self._num_items
-            user_domain = missing // self._num_items
-            new = self._score_triples(user_domain // self._num_domains, user_domain % self._num_domains, item)
+            new = self._model(self._encoder.encode_pairs(missing // self._num_items, missing % self._num_items))
             scores[~found] = new[inverse]
             self._cache.add(missing, new)
             self.examples_scored += missing.size

@@ -49,18 +49,18 @@ def test_concatenated_examples_parse_like_examples_built_field_by_field(setup):
         np.testing.assert_array_equal(parsed_fast[key].numpy(), parsed_slow[key].numpy())
 
 
-def test_examples_joined_inside_tensorflow_score_like_the_python_encoding(setup):
-    """on_triples joins the encoder's byte tables in the graph: the same Examples, so the same
-    scores to the bit, in several batches (the last one partial)."""
+def test_pair_encoding_builds_the_examples_of_the_request_encoding(setup):
     world = setup["world"]
     encoder = ab_scorers.ExampleEncoder(world)
     rng = np.random.default_rng(1)
-    user, domain, item = (rng.integers(0, n, 2500) for n in (world.num_users, world.num_domains, world.num_items))
-    for path in (setup["random"], setup["oracle"]):
-        model = ab_scorers.SavedModelScorer(path, batch_size=1000)
-        expected = model(encoder.encode(user, domain, item[:, None]))
-        np.testing.assert_array_equal(model.on_triples(encoder)(user, domain, item), expected)
-    assert model.on_triples(encoder)(user[:0], domain[:0], item[:0]).shape == (0,)
+    user, domain, item = (rng.integers(0, n, 500) for n in (world.num_users, world.num_domains, world.num_items))
+    pair = np.sort(user * world.num_domains + domain)  # runs of equal pairs, as the cache's sorted keys give
+    pair[100:200] = pair[100]
+    for pairs in (pair, rng.permutation(pair)):
+        np.testing.assert_array_equal(encoder.encode_pairs(pairs, item),
+                                      encoder.encode(pairs // world.num_domains, pairs % world.num_domains,
+                                                     item[:, None]))
+    assert encoder.encode_pairs(pair[:0], item[:0]).shape == (0,)
 
 
 @pytest.mark.parametrize("dense", [True, False])
