@@ -112,13 +112,18 @@ class SavedModelScorer:
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+_NAN_BITS = np.float32(np.nan).view(np.uint32)
+
+
 class ScoreCache:
     """Scores already computed, keyed by (user, domain, item), for one model.
 
     Keys are int64 `(user * num_domains + domain) * num_items + item`. When every possible key
-    fits in `max_entries`, scores sit in a table indexed by the key (a lookup is one gather;
-    the zeroed pages are only allocated by the OS when first written, so a run touches what it
-    scores). Otherwise the keys are kept sorted (a large array plus a small recent one merged
+    fits in `max_entries`, scores sit in a table indexed by the key: each holds the score's bits
+    XOR the bits of NaN, so the zero that fills a fresh table reads back as NaN (not scored)
+    and a lookup is one gather (the zeroed pages are only allocated by the OS when first
+    written, so a run touches what it scores; a model output of exactly that NaN would read
+    as not scored and be scored again). Otherwise the keys are kept sorted (a large array plus a small recent one merged
     into it when it grows past a quarter of it, so the copying stays linear overall), and past
     `max_entries` nothing new is kept (the scores stay right; only reuse stops). A model's score
     of a triple does not depend on the request it came in, so a cached score is the score the
@@ -129,8 +134,7 @@ class ScoreCache:
         self.max_entries = max_entries
         self.dense = key_space <= max_entries
         if self.dense:
-            self._scores, self._known = np.zeros(key_space, np.float32), np.zeros(key_space, bool)
-            self._size = 0
+            self._bits, self._size = np.zeros(key_space, np.uint32), 0
         else:
             self._parts = [(np.zeros(0, np.int64), np.zeros(0, np.float32)),
                            (np.zeros(0, np.int64), np.zeros(0, np.float32))]
@@ -141,8 +145,8 @@ class ScoreCache:
     def lookup(self, keys: np.ndarray):
         """(scores, found) for any int64 `keys`; scores are NaN where not found."""
         if self.dense:
-            found = self._known[keys]
-            return np.where(found, self._scores[keys], np.float32(np.nan)), found
+            bits = self._bits[keys]
+            return (bits ^ _NAN_BITS).view(np.float32), bits != 0
         scores = np.full(keys.size, np.nan, np.float32)
         found = np.zeros(keys.size, bool)
         for part_keys, part_scores in self._parts:
@@ -155,7 +159,7 @@ class ScoreCache:
     def add(self, keys: np.ndarray, scores: np.ndarray) -> None:
         """Adds sorted unique keys not yet cached."""
         if self.dense:
-            self._scores[keys], self._known[keys] = scores, True
+            self._bits[keys] = np.asarray(scores, np.float32).view(np.uint32) ^ _NAN_BITS
             self._size += keys.size
             return
         if len(self) + keys.size > self.max_entries:

@@ -78,6 +78,7 @@ def test_score_cache_returns_what_was_added_in_both_layouts(dense):
         assert np.isnan(scores[~found]).all()
         new = np.unique(keys[~found])
         values = rng.random(new.size).astype(np.float32)
+        values[:3] = 0.0, 1.0, -2.5  # any float round-trips, zero included
         cache.add(new, values)
         reference.update(zip(new.tolist(), values.tolist()))
     assert len(cache) == len(reference)
