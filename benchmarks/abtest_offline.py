@@ -12,7 +12,10 @@ true clicks and purchases, the oracle). Two variants, interleaved (A B A B ...) 
 Both variants see the same traffic and outcomes in the experiment (same seed per repeat; with a
 stable-ranked pre-period the estimates are identical, tests/simulation/test_abtest.py).
 Throughput = experiment impressions / wall time of pre-period + experiment (the SavedModels are
-loaded once, before the timed runs; a fresh score cache per run). Models: two
+loaded once, before the timed runs; a fresh score cache per run), and the same per CPU second of
+this process (all its threads): on the shared 2-core machine other jobs swing the wall-time
+rates 2x between repeats, the CPU-time ratio much less. The fast path runs the two models in two
+threads, which shortens wall time only where a core is free. Models: two
 world-rankers of different quality (crocodile.simulation.ab_reference_models) unless
 --stable/--canary name real SavedModels (a real model costs more per example, so the fast path
 saves more there).

@@ -113,6 +113,7 @@ class SavedModelScorer:
 
 
 _NAN_BITS = np.float32(np.nan).view(np.uint32)
+MAX_CACHED_SCORES = 40_000_000  # per model: a 160 MB table at most, or 480 MB of sorted keys and scores
 
 
 class ScoreCache:
@@ -123,16 +124,16 @@ class ScoreCache:
     XOR the bits of NaN, so the zero that fills a fresh table reads back as NaN (not scored)
     and a lookup is one gather (the zeroed pages are only allocated by the OS when first
     written, so a run touches what it scores; a model output of exactly that NaN would read
-    as not scored and be scored again). Otherwise the keys are kept sorted (a large array plus a small recent one merged
-    into it when it grows past a quarter of it, so the copying stays linear overall), and past
-    `max_entries` nothing new is kept (the scores stay right; only reuse stops). A model's score
-    of a triple does not depend on the request it came in, so a cached score is the score the
-    model would give again.
+    as not scored and be scored again). Otherwise the keys are kept sorted (a large array plus a
+    small recent one merged into it when it grows past a quarter of it, so the copying stays
+    linear overall), and past `max_entries` nothing new is kept (the scores stay right; only
+    reuse stops). A model's score of a triple does not depend on the request it came in, so a
+    cached score is the score the model would give again.
     """
 
-    def __init__(self, key_space: int, max_entries: int = 40_000_000):
-        self.max_entries = max_entries
-        self.dense = key_space <= max_entries
+    def __init__(self, key_space: int, max_entries: Optional[int] = None):
+        self.max_entries = MAX_CACHED_SCORES if max_entries is None else max_entries
+        self.dense = key_space <= self.max_entries
         if self.dense:
             self._bits, self._size = np.zeros(key_space, np.uint32), 0
         else:

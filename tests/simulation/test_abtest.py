@@ -185,10 +185,14 @@ def test_offline_cli_writes_the_report(setup, tmp_path):
     assert not (tmp_path / "y").exists()
 
 
-def test_fast_offline_path_matches_the_exhaustive_one(setup):
+@pytest.mark.parametrize("score_table", [True, False])
+def test_fast_offline_path_matches_the_exhaustive_one(setup, score_table, monkeypatch):
     """Score reuse and the sampled oracle change the cost, not the results: on one seed the
-    estimates are identical and the sampled oracle lift is within its sampling error of the exact one."""
+    estimates are identical and the sampled oracle lift is within its sampling error of the exact one.
+    Both cache layouts: the key-indexed table and (a world too large for it) the sorted keys."""
     world, policy = setup["world"], setup["policy"]
+    if not score_table:
+        monkeypatch.setattr(ab_scorers, "MAX_CACHED_SCORES", world.num_users * world.num_domains * world.num_items - 1)
     runs = {}
     for name, exhaustive, oracle_requests in (("old", True, None), ("new", False, 150)):
         scorer = ab_scorers.OfflineScorer(world, policy, setup["random"], setup["oracle"], exhaustive=exhaustive)
@@ -196,6 +200,8 @@ def test_fast_offline_path_matches_the_exhaustive_one(setup):
                               progress=False)
         result = abtest.simulate(world, scorer, 3000, seed=20, progress=False, oracle_requests=oracle_requests)
         runs[name] = (pre, result, scorer.examples_scored)
+        if not exhaustive:
+            assert scorer._models.canary._cache.dense == score_table
     (old_pre, old, old_cost), (new_pre, new, new_cost) = runs["old"], runs["new"]
     for field in ("user", "domain", "canary", "clicks", "purchases", "gmv"):
         np.testing.assert_array_equal(getattr(new, field), getattr(old, field))
