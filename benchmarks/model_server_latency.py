@@ -7,8 +7,12 @@ Prints JSON: p50 / p99 latency (one client, sequential requests) of
   ``serving_default``, an [N] string tensor);
 - ``server_regress``: the same rows as an ExampleListWithContext through Regress (``regress``
   signature), as the router and ``crocodile score`` send them;
+- ``server_regress_message``: the same Regress call through the generated stub, which serializes the
+  request message on every call (a RegressionRequest of 100 Examples costs the client ~0.3 ms of
+  protobuf work here; the router forwards bytes and never pays it);
 for 1 and 100 examples per request, and the server's overhead (server p50 - in-process p50, and
-the ratio) per round. Requests are built once, outside the timed region.
+the ratio) per round. Requests are built and serialized once, outside the timed region, as the
+in-process tensor is (``server_regress_message`` excepted); the client parses every response.
 
 Method (DESIGN section 9): the server runs as a separate ``crocodile model-server`` process (batching
 off, TF Serving's defaults otherwise); the variants are interleaved within each round (order
@@ -40,8 +44,9 @@ from crocodile.benchmarks.local_processes import (checkout_commit, crocodile_com
                                                   progress, stop)
 
 COUNTS = (1, 100)
-VARIANTS = ("in_process", "server_predict", "server_regress")
-BASELINE_VARIANTS = ("baseline_predict", "baseline_regress")
+VARIANTS = ("in_process", "server_predict", "server_regress", "server_regress_message")
+BASELINE_VARIANTS = ("baseline_predict", "baseline_regress", "baseline_regress_message")
+SERVICE = "tensorflow.serving.PredictionService"
 SMALL_HPARAMS = {"embedding_dim": 8, "num_embedding_sets": 3, "expert_units": [32, 16], "tower_units": [16],
                  "prior_embedding_dim": 8, "batch_size": 256, "epochs": 1}
 
@@ -117,6 +122,70 @@ def timed(call, requests: int):
     return float(np.percentile(samples, 50)), float(np.percentile(samples, 99))
 
 
+def build_calls(rows, channels, serving_default):
+    """{(variant, n): call} for every variant and example count, and each server's largest score
+    difference from in-process (checked: within rtol 1e-5; Regress against the merged rows)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc, regression_pb2
+
+    from crocodile.model.features import DOMAIN_KEY, USER_KEY
+    from crocodile.serving import examples as example_builders
+    from crocodile.serving.tensor_protos import to_tensor_proto
+    calls, score_differences = {}, {}
+    for n in COUNTS:
+        batch = rows[:n]
+        serialized = [example_builders.make_example(row).SerializeToString() for row in batch]
+        tensor = tf.constant(serialized)
+        predict = predict_pb2.PredictRequest()
+        predict.model_spec.name = "crocodile"
+        predict.inputs["examples"].CopyFrom(to_tensor_proto(np.array(serialized, dtype=object)))
+        context = {k: batch[0][k] for k in (USER_KEY, DOMAIN_KEY) if k in batch[0]}
+        candidates = [{k: v for k, v in row.items() if k not in context} for row in batch]
+        regress = regression_pb2.RegressionRequest()
+        regress.model_spec.name = "crocodile"
+        regress.model_spec.signature_name = "regress"
+        regress.input.CopyFrom(example_builders.example_list_with_context(context, candidates))
+        calls[("in_process", n)] = lambda t=tensor: serving_default(examples=t)["outputs"].numpy()
+        # Regress scores context features (the first row's user and domain) + each candidate's.
+        merged = tf.constant([example_builders.make_example(example_builders.merged_features(context, c))
+                              .SerializeToString() for c in candidates])
+        expected = {"predict": calls[("in_process", n)](),
+                    "regress": serving_default(examples=merged)["outputs"].numpy()}
+        for name, channel in channels.items():
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            # Request bytes in (serialized once, above), the response parsed as any client would.
+            predict_bytes = channel.unary_unary(f"/{SERVICE}/Predict",
+                                                response_deserializer=predict_pb2.PredictResponse.FromString)
+            regress_bytes = channel.unary_unary(f"/{SERVICE}/Regress",
+                                                response_deserializer=regression_pb2.RegressionResponse.FromString)
+            calls[(f"{name}_predict", n)] = lambda b=predict.SerializeToString(), c=predict_bytes: c(b, timeout=30)
+            calls[(f"{name}_regress", n)] = lambda b=regress.SerializeToString(), c=regress_bytes: c(b, timeout=30)
+            calls[(f"{name}_regress_message", n)] = lambda r=regress, s=stub: s.Regress(r, timeout=30)
+            for api in ("predict", "regress", "regress_message"):
+                response = calls[(f"{name}_{api}", n)]()
+                got = (tf.make_ndarray(response.outputs["outputs"]) if api == "predict"
+                       else np.array([r.value for r in response.result.regressions], dtype=np.float32))
+                wanted = expected["predict" if api == "predict" else "regress"]
+                np.testing.assert_allclose(got, wanted, rtol=1e-5, err_msg=f"{name} {api}")
+                score_differences[f"{name}_{api}_{n}_examples"] = float(np.abs(got - wanted).max())
+    return calls, score_differences
+
+
+def measure(calls, variant_names, rounds: int, requests: int):
+    """{(variant, n): {"p50_ms": [...], "p99_ms": [...]}}: one number per round, variants interleaved."""
+    variants = [(v, n) for n in COUNTS for v in variant_names]
+    samples = {key: {"p50_ms": [], "p99_ms": []} for key in variants}
+    for round_index in range(rounds + 1):  # round 0 warms up, discarded
+        order = variants if round_index % 2 == 0 else variants[::-1]
+        for key in order:
+            p50, p99 = timed(calls[key], requests if round_index else 30)
+            if round_index:
+                samples[key]["p50_ms"].append(p50)
+                samples[key]["p99_ms"].append(p99)
+        log(f"round {round_index}/{rounds} done" + (" (warm-up)" if round_index == 0 else ""))
+    return samples
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--export-dir", help="serving SavedModel (default: a small Crocodile export)")
@@ -127,15 +196,12 @@ def main():
                         help="extra model-server flag, e.g. --server-arg=--tensorflow_session_parallelism=2")
     parser.add_argument("--baseline-source", help="checkout of older code whose model server is measured alongside")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()
 
     import grpc
     import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc, regression_pb2
 
-    from crocodile.model.features import DOMAIN_KEY, USER_KEY
-    from crocodile.serving import examples as example_builders
     from crocodile.serving.model_config import build_model_config, format_model_config, write_atomic
-    from crocodile.serving.tensor_protos import to_tensor_proto
 
     work = args.work_dir or tempfile.mkdtemp(prefix="model_server_latency_")
     os.makedirs(work, exist_ok=True)
@@ -159,57 +225,16 @@ def main():
     model = tf.saved_model.load(export_dir)
     serving_default = model.signatures["serving_default"]
     log("starting crocodile model-server" + (" and the baseline's" if args.baseline_source else ""))
-    servers = {"server": launch_server(config_path, os.path.join(work, "server.log"), args.server_arg)}
-    if args.baseline_source:
-        servers["baseline"] = launch_server(config_path, os.path.join(work, "baseline_server.log"), args.server_arg,
-                                            source=args.baseline_source)
-    channels = {name: grpc.insecure_channel(f"127.0.0.1:{port}") for name, (_, port) in servers.items()}
-    stubs = {name: prediction_service_pb2_grpc.PredictionServiceStub(channel) for name, channel in channels.items()}
     variant_names = VARIANTS + (BASELINE_VARIANTS if args.baseline_source else ())
-
-    calls, score_differences = {}, {}
-    for n in COUNTS:
-        batch = rows[:n]
-        serialized = [example_builders.make_example(row).SerializeToString() for row in batch]
-        tensor = tf.constant(serialized)
-        predict = predict_pb2.PredictRequest()
-        predict.model_spec.name = "crocodile"
-        predict.inputs["examples"].CopyFrom(to_tensor_proto(np.array(serialized, dtype=object)))
-        context = {k: batch[0][k] for k in (USER_KEY, DOMAIN_KEY) if k in batch[0]}
-        candidates = [{k: v for k, v in row.items() if k not in context} for row in batch]
-        regress = regression_pb2.RegressionRequest()
-        regress.model_spec.name = "crocodile"
-        regress.model_spec.signature_name = "regress"
-        regress.input.CopyFrom(example_builders.example_list_with_context(context, candidates))
-        calls[("in_process", n)] = lambda t=tensor: serving_default(examples=t)["outputs"].numpy()
-        # The rows Regress scores: context features (the first row's user and domain) + each candidate's.
-        merged = tf.constant([example_builders.make_example(example_builders.merged_features(context, c))
-                              .SerializeToString() for c in candidates])
-        expected = {"predict": calls[("in_process", n)](), "regress": serving_default(examples=merged)["outputs"].numpy()}
-        for name, stub in stubs.items():
-            prefix = "server_" if name == "server" else "baseline_"
-            calls[(prefix + "predict", n)] = lambda r=predict, s=stub: s.Predict(r, timeout=30)
-            calls[(prefix + "regress", n)] = lambda r=regress, s=stub: s.Regress(r, timeout=30)
-        # Same scores in-process and through every server.
-        for variant in variant_names[1:]:
-            response = calls[(variant, n)]()
-            api = variant.split("_")[1]
-            got = (tf.make_ndarray(response.outputs["outputs"]) if api == "predict"
-                   else np.array([r.value for r in response.result.regressions], dtype=np.float32))
-            np.testing.assert_allclose(got, expected[api], rtol=1e-5, err_msg=variant)
-            score_differences[f"{variant}_{n}_examples"] = float(np.abs(got - expected[api]).max())
-
-    variants = [(v, n) for n in COUNTS for v in variant_names]
-    samples = {key: {"p50_ms": [], "p99_ms": []} for key in variants}
+    servers, channels = {}, {}
     try:
-        for round_index in range(args.rounds + 1):  # round 0 warms up, discarded
-            order = variants if round_index % 2 == 0 else variants[::-1]
-            for key in order:
-                p50, p99 = timed(calls[key], args.requests if round_index else 30)
-                if round_index:
-                    samples[key]["p50_ms"].append(p50)
-                    samples[key]["p99_ms"].append(p99)
-            log(f"round {round_index}/{args.rounds} done" + (" (warm-up)" if round_index == 0 else ""))
+        servers["server"] = launch_server(config_path, os.path.join(work, "server.log"), args.server_arg)
+        if args.baseline_source:
+            servers["baseline"] = launch_server(config_path, os.path.join(work, "baseline_server.log"),
+                                                args.server_arg, source=args.baseline_source)
+        channels = {name: grpc.insecure_channel(f"127.0.0.1:{port}") for name, (_, port) in servers.items()}
+        calls, score_differences = build_calls(rows, channels, serving_default)
+        samples = measure(calls, variant_names, args.rounds, args.requests)
     finally:
         for channel in channels.values():
             channel.close()
@@ -237,15 +262,17 @@ def main():
                       "p50_ratio_current_over_baseline": median_min_max(
                           np.array(samples[(f"server_{api}", n)]["p50_ms"])
                           / np.array(samples[(f"baseline_{api}", n)]["p50_ms"]))}
-                for api in ("predict", "regress")}
+                for api in ("predict", "regress", "regress_message")}
     report = {
         "benchmark": "model_server_latency",
         "model": model_name,
         "setup": {"rounds": args.rounds, "warmup_rounds": 1, "requests_per_sample": args.requests,
                   "server": "crocodile model-server, separate process, TF Serving default flags (batching off, warmup on), "
                             "op threads: the stand-in default (1 intra, 1 inter; serving/cli.py), CPU",
-                  "client": "one sequential gRPC client in this process (requests prebuilt)",
-                  "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(),
+                  "client": "one sequential gRPC client in this process (requests prebuilt and serialized once, "
+                            "except *_regress_message: the stub serializes the message per call)",
+                  "cpu_count": os.cpu_count(), "load_average_at_start": load_at_start,
+                  "load_average_at_end": os.getloadavg(),
                   "machine": "cores shared with other work; absolute numbers are noisy, paired differences less so"},
         "server_args": args.server_arg,
         "max_abs_score_difference_vs_in_process": score_differences,
