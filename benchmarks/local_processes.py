@@ -97,6 +97,16 @@ def stop(processes: Sequence[subprocess.Popen], timeout_s: float = 60.0) -> None
             process.wait()
 
 
+def cpu_seconds(pid: int) -> Optional[float]:
+    """User + system CPU seconds a process has used so far (Linux /proc; None elsewhere or once it ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
 def checkout_commit(folder: str) -> str:
     """The checkout's HEAD commit, '+' when it has uncommitted changes ('' when not a git checkout)."""
     try:

@@ -10,7 +10,10 @@ round, after a warm-up round, over >= 5 rounds; reported numbers are medians ove
 overhead is the median (and min/max) of the per-round router/direct ratios and router-minus-direct
 differences (ms), with the router's goal (p50 overhead <= 0.5 ms, p99 overhead <= 1 ms, throughput
 ratio >= 0.9) checked on those medians. The policy sends every
-user to stable, so both paths run the same version.
+user to stable, so both paths run the same version. During each throughput sample the CPU time
+each process on the path uses per request is read from /proc (``throughput_cpu_ms_per_request``):
+client, router and server share the host's cores, so a hop's CPU per request is what it takes
+from the others' throughput.
 
   .venv/bin/python benchmarks/serving_latency.py [--model-base DIR] [--rounds 5] [--baseline-source DIR]
 
@@ -31,8 +34,8 @@ import time
 import numpy as np
 
 import crocodile  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from crocodile.benchmarks.local_processes import (checkout_commit, crocodile_command, free_port, launch,
-                                                  median_min_max, progress, stop)
+from crocodile.benchmarks.local_processes import (checkout_commit, cpu_seconds, crocodile_command, free_port,
+                                                  launch, median_min_max, progress, stop)
 
 CANDIDATE_COUNTS = (1, 100)
 PATHS = ("direct", "router", "hop_floor")
@@ -108,33 +111,33 @@ def main():
 
     log("starting model server and router processes")
     paths = PATHS + ((BASELINE_PATH,) if args.baseline_source else ())
-    processes, clients = [], {}
+    processes, clients = {}, {}
     try:
         server, server_port = launch(crocodile_command(
             ["model-server", "--port", "0", "--model_config_file", config,
              "--allow_version_labels_for_unavailable_models"]), os.path.join(work, "server.log"))
-        processes.append(server)
+        processes["server"] = server
         backend = f"127.0.0.1:{server_port}"
         targets = {"direct": backend}
         routers = {"router": None, BASELINE_PATH: args.baseline_source} if args.baseline_source else {"router": None}
         for path, source in routers.items():
             router, port = launch(crocodile_command(["router", "--port", "0", "--backend", backend, "--policy", policy],
                                                     source), os.path.join(work, f"{path}.log"))
-            processes.append(router)
+            processes[path] = router
             targets[path] = f"127.0.0.1:{port}"
         floor, floor_port = launch([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                                  "grpc_hop_floor.py"), str(free_port()), backend],
                                    os.path.join(work, "hop_floor.log"))
-        processes.append(floor)
+        processes["hop_floor"] = floor
         targets["hop_floor"] = f"127.0.0.1:{floor_port}"
         # direct and the bare hop: ask for the label the router would pick.
         labels = {path: None if path in routers else "stable" for path in paths}
         clients = {path: ScoringClient(targets[path]) for path in paths}
-        samples = measure(paths, targets, clients, labels, args)
+        samples = measure(paths, targets, clients, labels, args, processes)
     finally:
         for client in clients.values():
             client.close()
-        stop(processes[::-1])
+        stop(list(processes.values())[::-1])
 
     results = {path: {} for path in paths}
     for (path, n), values in samples.items():
@@ -143,6 +146,9 @@ def main():
             "p99_ms": round(float(np.median(values["p99_ms"])), 3),
             "throughput_requests_per_s": round(float(np.median(values["throughput_rps"])), 1),
             "throughput_candidates_per_s": round(float(np.median(values["throughput_rps"])) * n, 1),
+            "throughput_cpu_ms_per_request": {
+                name: round(float(np.median([cpu[name] for cpu in values["cpu_ms_per_request"]])), 3)
+                for name in values["cpu_ms_per_request"][0]},
         }
     overhead = {}
     for n in CANDIDATE_COUNTS:
@@ -201,21 +207,31 @@ def main():
     print(json.dumps(report, indent=2))
 
 
-def measure(paths, targets, clients, labels, args):
-    """{(path, n): {"p50_ms": [...], "p99_ms": [...], "throughput_rps": [...]}}, one number per round."""
+def measure(paths, targets, clients, labels, args, processes):
+    """{(path, n): {"p50_ms": [...], "p99_ms": [...], "throughput_rps": [...], "cpu_ms_per_request": [...]}},
+    one number per round; CPU: {process: ms} used per request during the throughput sample by each
+    process on the path and by this client process."""
     from crocodile.serving.client import ScoringClient
     variants = [(path, n) for n in CANDIDATE_COUNTS for path in paths]
-    samples = {v: {"p50_ms": [], "p99_ms": [], "throughput_rps": []} for v in variants}
+    samples = {v: {"p50_ms": [], "p99_ms": [], "throughput_rps": [], "cpu_ms_per_request": []} for v in variants}
     for round_index in range(args.rounds + 1):  # round 0 is the warm-up, discarded
         order = variants if round_index % 2 == 0 else variants[::-1]
         for path, n in order:
             p50, p99 = latency_ms(clients[path], n, args.requests if round_index else 20, labels[path])
-            rps = throughput_rps(lambda p=path: ScoringClient(targets[p]), n, args.clients,
-                                 args.seconds if round_index else 0.5, labels[path])
+            on_path = {name: processes[name].pid for name in (path, "server") if name in processes}
+            before = {name: cpu_seconds(pid) for name, pid in on_path.items()}
+            client_before = sum(os.times()[:2])
+            seconds = args.seconds if round_index else 0.5
+            rps = throughput_rps(lambda p=path: ScoringClient(targets[p]), n, args.clients, seconds, labels[path])
+            requests = max(rps * seconds, 1.0)
+            cpu = {name: (cpu_seconds(pid) - before[name]) * 1e3 / requests
+                   for name, pid in on_path.items() if before[name] is not None and cpu_seconds(pid) is not None}
+            cpu["client"] = (sum(os.times()[:2]) - client_before) * 1e3 / requests
             if round_index:
                 samples[(path, n)]["p50_ms"].append(p50)
                 samples[(path, n)]["p99_ms"].append(p99)
                 samples[(path, n)]["throughput_rps"].append(rps)
+                samples[(path, n)]["cpu_ms_per_request"].append(cpu)
         log(f"round {round_index}/{args.rounds} done" + (" (warm-up)" if round_index == 0 else ""))
     return samples
 
