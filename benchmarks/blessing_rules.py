@@ -22,11 +22,9 @@ Rules on the same trials:
 
     python benchmarks/blessing_rules.py --data /tmp/demo --trials 400   # prints JSON
 
-(/tmp/demo: crocodile data generate --out /tmp/demo --impressions 300000 --users 200000 --seed 7,
-the world of crocodile/demo.py)
+(/tmp/demo: crocodile data generate --preset demo --out /tmp/demo, the world preset of crocodile/demo.py)
 """
 import argparse
-import glob
 import json
 import math
 import os
@@ -59,13 +57,12 @@ def load_world_rows(data_dir: str) -> Dict[str, np.ndarray]:
     """users, domains, p_click and p_relevance of every logged impression (logs joined to ground truth)."""
     import pandas as pd
 
-    logs = pd.concat([pd.read_csv(f, usecols=["request_id", "position", "user_id", "domain_id"],
-                                  dtype={"request_id": str, "user_id": str})
-                      for f in sorted(glob.glob(os.path.join(data_dir, "logs", "*.csv")))], ignore_index=True)
-    truth = pd.concat([pd.read_csv(f, usecols=["request_id", "position", "p_click", "p_relevance"],
-                                   dtype={"request_id": str})
-                       for f in sorted(glob.glob(os.path.join(data_dir, "ground_truth", "*.csv")))],
-                      ignore_index=True)
+    from crocodile.simulation import dataset
+
+    logs = pd.DataFrame(dataset.read_logs(data_dir, ["request_id", "position", "user_id", "domain_id"]))
+    truth = pd.DataFrame(dataset.read_ground_truth(data_dir, ["request_id", "position", "p_click", "p_relevance"]))
+    keys = {"request_id": str, "position": np.int64}
+    logs, truth = logs.astype({**keys, "user_id": str}), truth.astype(keys)
     rows = logs.merge(truth, on=["request_id", "position"], how="inner", validate="one_to_one")
     return {"users": rows["user_id"].to_numpy().astype(str), "domains": rows["domain_id"].to_numpy().astype(np.int64),
             "p_click": rows["p_click"].to_numpy(), "relevance_logit": _logit(rows["p_relevance"].to_numpy())}

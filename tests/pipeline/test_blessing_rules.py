@@ -14,8 +14,8 @@ from crocodile.benchmarks import blessing_rules
 
 pytestmark = pytest.mark.slow
 
-# crocodile/demo.py's world (where benchmarks/blessing_noise.py measured the retrain noise).
-DEMO = ["--impressions", "300000", "--users", "200000", "--seed", "7"]
+# crocodile/demo.py's world preset (where benchmarks/blessing_noise.py measured the retrain noise).
+DEMO = ["--preset", "demo"]
 
 
 @pytest.fixture(scope="module")
