@@ -15,25 +15,12 @@ domains, users, ``p_relevance`` and both score vectors to ``--out``/noise.npz.
     python benchmarks/blessing_noise.py --data /tmp/demo --model mmoe --out /tmp/noise
 """
 import argparse
-import glob
 import json
 import os
 import sys
 import time
 
 import numpy as np
-
-
-def _relevance(data_dir, eval_raw):
-    import pandas as pd
-
-    truth = pd.concat([pd.read_csv(f, dtype={"request_id": str})
-                       for f in sorted(glob.glob(os.path.join(data_dir, "ground_truth", "*.csv")))],
-                      ignore_index=True)
-    keys = eval_raw[["request_id", "position"]].astype({"request_id": str, "position": np.int64})
-    joined = keys.merge(truth[["request_id", "position", "p_relevance"]], on=["request_id", "position"],
-                        how="left")
-    return joined["p_relevance"].to_numpy()
 
 
 def _logit(p):
@@ -51,7 +38,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
-    from crocodile.benchmarks.quality_benchmark import EVAL_FRACTION, VALIDATION_FRACTION, predict, split_validation
+    from crocodile.benchmarks.quality_benchmark import (EVAL_FRACTION, VALIDATION_FRACTION, load_truth, predict,
+                                                        split_validation)
     from crocodile.model.comparison import paired_auc
     from crocodile.model.features import FeatureConfig
     from crocodile.model.registry import build_model
@@ -81,7 +69,7 @@ def main(argv=None) -> int:
     labels = eval_arrays["click"].astype(np.int64)
     domains = eval_arrays["domain_id_xf"].astype(np.int64)
     users = eval_arrays["user_id"]
-    relevance = _relevance(args.data, transformed.eval_raw)
+    relevance = load_truth(args.data, transformed.eval_raw)["p_relevance"].to_numpy()
     (s0, first), (s1, second) = list(scores.items())[:2]
     result = {
         "benchmark": "blessing_noise", "data": os.path.abspath(args.data), "model": args.model,

@@ -7,27 +7,31 @@ Prints JSON: p50 / p99 latency (one client, sequential requests) of
   ``serving_default``, an [N] string tensor);
 - ``server_regress``: the same rows as an ExampleListWithContext through Regress (``regress``
   signature), as the router and ``crocodile score`` send them;
+- ``server_regress_message``: the same Regress call through the generated stub, which serializes the
+  request message on every call (a RegressionRequest of 100 Examples costs the client ~0.3 ms of
+  protobuf work here; the router forwards bytes and never pays it);
 for 1 and 100 examples per request, and the server's overhead (server p50 - in-process p50, and
-the ratio) per round. Requests are built once, outside the timed region.
+the ratio) per round. Requests are built and serialized once, outside the timed region, as the
+in-process tensor is (``server_regress_message`` excepted); the client parses every response.
 
 Method (DESIGN section 9): the server runs as a separate ``crocodile model-server`` process (batching
 off, TF Serving's defaults otherwise); the variants are interleaved within each round (order
 reversed every other round), after a warm-up round, over >= 5 rounds; numbers are medians over
 rounds, and overheads are medians (min, max) of the per-round paired differences.
 
-  .venv/bin/python benchmarks/model_server_latency.py [--export-dir DIR] [--rounds 5]
+  .venv/bin/python benchmarks/model_server_latency.py [--export-dir DIR] [--rounds 5] [--baseline-source DIR]
 
 --export-dir: a serving SavedModel (e.g. a Pusher's <serving_dir>/crocodile/<version>); by default a
 small Crocodile model is trained for a few steps on a generated world and exported with
 crocodile.serving.export, as tests/serving/test_export.py does.
+--baseline-source: a checkout of older code (``git worktree add /tmp/base <commit>``); its model server
+runs beside the current one and its Predict/Regress are interleaved with the others
+(``baseline_predict``, ``baseline_regress``), with paired current-minus-baseline differences.
 """
 import argparse
 import json
 import os
-import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,21 +40,18 @@ import time
 import numpy as np
 
 import crocodile  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from crocodile.benchmarks.local_processes import (checkout_commit, crocodile_command, launch, median_min_max,
+                                                  progress, stop)
 
 COUNTS = (1, 100)
-VARIANTS = ("in_process", "server_predict", "server_regress")
+VARIANTS = ("in_process", "server_predict", "server_regress", "server_regress_message")
+BASELINE_VARIANTS = ("baseline_predict", "baseline_regress", "baseline_regress_message")
+SERVICE = "tensorflow.serving.PredictionService"
 SMALL_HPARAMS = {"embedding_dim": 8, "num_embedding_sets": 3, "expert_units": [32, 16], "tower_units": [16],
                  "prior_embedding_dim": 8, "batch_size": 256, "epochs": 1}
 
 
-def log(message):
-    print(f"[model_server_latency] {message}", file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+log = progress("model_server_latency")
 
 
 def build_small_export(work: str):
@@ -107,20 +108,9 @@ def rows_from_warmup(export_dir: str):
     return rows
 
 
-def launch_server(config_path: str, log_path: str, extra_args=()):
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "crocodile", "model-server", "--port", str(port),
-                                "--model_config_file", config_path, *extra_args], stdout=open(log_path, "w"),
-                               stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if re.search(r"listening on port (\d+)", open(log_path).read()):
-            return process, port
-        if process.poll() is not None:
-            break
-        time.sleep(0.25)
-    process.kill()
-    raise RuntimeError(f"model-server did not start: {open(log_path).read()[-2000:]}")
+def launch_server(config_path: str, log_path: str, extra_args=(), source=None):
+    return launch(crocodile_command(["model-server", "--port", "0", "--model_config_file", config_path,
+                                     *extra_args], source), log_path)
 
 
 def timed(call, requests: int):
@@ -132,6 +122,70 @@ def timed(call, requests: int):
     return float(np.percentile(samples, 50)), float(np.percentile(samples, 99))
 
 
+def build_calls(rows, channels, serving_default):
+    """{(variant, n): call} for every variant and example count, and each server's largest score
+    difference from in-process (checked: within rtol 1e-5; Regress against the merged rows)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc, regression_pb2
+
+    from crocodile.model.features import DOMAIN_KEY, USER_KEY
+    from crocodile.serving import examples as example_builders
+    from crocodile.serving.tensor_protos import to_tensor_proto
+    calls, score_differences = {}, {}
+    for n in COUNTS:
+        batch = rows[:n]
+        serialized = [example_builders.make_example(row).SerializeToString() for row in batch]
+        tensor = tf.constant(serialized)
+        predict = predict_pb2.PredictRequest()
+        predict.model_spec.name = "crocodile"
+        predict.inputs["examples"].CopyFrom(to_tensor_proto(np.array(serialized, dtype=object)))
+        context = {k: batch[0][k] for k in (USER_KEY, DOMAIN_KEY) if k in batch[0]}
+        candidates = [{k: v for k, v in row.items() if k not in context} for row in batch]
+        regress = regression_pb2.RegressionRequest()
+        regress.model_spec.name = "crocodile"
+        regress.model_spec.signature_name = "regress"
+        regress.input.CopyFrom(example_builders.example_list_with_context(context, candidates))
+        calls[("in_process", n)] = lambda t=tensor: serving_default(examples=t)["outputs"].numpy()
+        # Regress scores context features (the first row's user and domain) + each candidate's.
+        merged = tf.constant([example_builders.make_example(example_builders.merged_features(context, c))
+                              .SerializeToString() for c in candidates])
+        expected = {"predict": calls[("in_process", n)](),
+                    "regress": serving_default(examples=merged)["outputs"].numpy()}
+        for name, channel in channels.items():
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            # Request bytes in (serialized once, above), the response parsed as any client would.
+            predict_bytes = channel.unary_unary(f"/{SERVICE}/Predict",
+                                                response_deserializer=predict_pb2.PredictResponse.FromString)
+            regress_bytes = channel.unary_unary(f"/{SERVICE}/Regress",
+                                                response_deserializer=regression_pb2.RegressionResponse.FromString)
+            calls[(f"{name}_predict", n)] = lambda b=predict.SerializeToString(), c=predict_bytes: c(b, timeout=30)
+            calls[(f"{name}_regress", n)] = lambda b=regress.SerializeToString(), c=regress_bytes: c(b, timeout=30)
+            calls[(f"{name}_regress_message", n)] = lambda r=regress, s=stub: s.Regress(r, timeout=30)
+            for api in ("predict", "regress", "regress_message"):
+                response = calls[(f"{name}_{api}", n)]()
+                got = (tf.make_ndarray(response.outputs["outputs"]) if api == "predict"
+                       else np.array([r.value for r in response.result.regressions], dtype=np.float32))
+                wanted = expected["predict" if api == "predict" else "regress"]
+                np.testing.assert_allclose(got, wanted, rtol=1e-5, err_msg=f"{name} {api}")
+                score_differences[f"{name}_{api}_{n}_examples"] = float(np.abs(got - wanted).max())
+    return calls, score_differences
+
+
+def measure(calls, variant_names, rounds: int, requests: int):
+    """{(variant, n): {"p50_ms": [...], "p99_ms": [...]}}: one number per round, variants interleaved."""
+    variants = [(v, n) for n in COUNTS for v in variant_names]
+    samples = {key: {"p50_ms": [], "p99_ms": []} for key in variants}
+    for round_index in range(rounds + 1):  # round 0 warms up, discarded
+        order = variants if round_index % 2 == 0 else variants[::-1]
+        for key in order:
+            p50, p99 = timed(calls[key], requests if round_index else 30)
+            if round_index:
+                samples[key]["p50_ms"].append(p50)
+                samples[key]["p99_ms"].append(p99)
+        log(f"round {round_index}/{rounds} done" + (" (warm-up)" if round_index == 0 else ""))
+    return samples
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--export-dir", help="serving SavedModel (default: a small Crocodile export)")
@@ -140,17 +194,14 @@ def main():
     parser.add_argument("--work-dir", help="keep the small export here and reuse it on the next run")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra model-server flag, e.g. --server-arg=--tensorflow_session_parallelism=2")
+    parser.add_argument("--baseline-source", help="checkout of older code whose model server is measured alongside")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()
 
     import grpc
     import tensorflow as tf
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    from crocodile.model.features import DOMAIN_KEY, USER_KEY
-    from crocodile.serving import examples as example_builders
     from crocodile.serving.model_config import build_model_config, format_model_config, write_atomic
-    from crocodile.serving.tensor_protos import to_tensor_proto
-    from tensorflow_serving.apis import predict_pb2, regression_pb2
 
     work = args.work_dir or tempfile.mkdtemp(prefix="model_server_latency_")
     os.makedirs(work, exist_ok=True)
@@ -173,80 +224,66 @@ def main():
 
     model = tf.saved_model.load(export_dir)
     serving_default = model.signatures["serving_default"]
-    log("starting crocodile model-server")
-    server, port = launch_server(config_path, os.path.join(work, "server.log"), args.server_arg)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-
-    calls = {}
-    for n in COUNTS:
-        batch = rows[:n]
-        serialized = [example_builders.make_example(row).SerializeToString() for row in batch]
-        tensor = tf.constant(serialized)
-        predict = predict_pb2.PredictRequest()
-        predict.model_spec.name = "crocodile"
-        predict.inputs["examples"].CopyFrom(to_tensor_proto(np.array(serialized, dtype=object)))
-        context = {k: batch[0][k] for k in (USER_KEY, DOMAIN_KEY) if k in batch[0]}
-        candidates = [{k: v for k, v in row.items() if k not in context} for row in batch]
-        regress = regression_pb2.RegressionRequest()
-        regress.model_spec.name = "crocodile"
-        regress.model_spec.signature_name = "regress"
-        regress.input.CopyFrom(example_builders.example_list_with_context(context, candidates))
-        calls[("in_process", n)] = lambda t=tensor: serving_default(examples=t)["outputs"].numpy()
-        calls[("server_predict", n)] = lambda r=predict: stub.Predict(r, timeout=30)
-        calls[("server_regress", n)] = lambda r=regress: stub.Regress(r, timeout=30)
-        # Same scores in-process and through the server (Regress merges context + candidate rows).
-        expected = calls[("in_process", n)]()
-        got = tf.make_ndarray(calls[("server_predict", n)]().outputs["outputs"])
-        np.testing.assert_allclose(got, expected, rtol=1e-5)
-
-    variants = [(v, n) for n in COUNTS for v in VARIANTS]
-    samples = {key: {"p50_ms": [], "p99_ms": []} for key in variants}
+    log("starting crocodile model-server" + (" and the baseline's" if args.baseline_source else ""))
+    variant_names = VARIANTS + (BASELINE_VARIANTS if args.baseline_source else ())
+    servers, channels = {}, {}
     try:
-        for round_index in range(args.rounds + 1):  # round 0 warms up, discarded
-            order = variants if round_index % 2 == 0 else variants[::-1]
-            for key in order:
-                p50, p99 = timed(calls[key], args.requests if round_index else 30)
-                if round_index:
-                    samples[key]["p50_ms"].append(p50)
-                    samples[key]["p99_ms"].append(p99)
-            log(f"round {round_index}/{args.rounds} done" + (" (warm-up)" if round_index == 0 else ""))
+        servers["server"] = launch_server(config_path, os.path.join(work, "server.log"), args.server_arg)
+        if args.baseline_source:
+            servers["baseline"] = launch_server(config_path, os.path.join(work, "baseline_server.log"),
+                                                args.server_arg, source=args.baseline_source)
+        channels = {name: grpc.insecure_channel(f"127.0.0.1:{port}") for name, (_, port) in servers.items()}
+        calls, score_differences = build_calls(rows, channels, serving_default)
+        samples = measure(calls, variant_names, args.rounds, args.requests)
     finally:
-        channel.close()
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+        for channel in channels.values():
+            channel.close()
+        stop([process for process, _ in servers.values()])
 
-    results, overhead = {}, {}
+    results, overhead, against_baseline = {}, {}, {}
     for n in COUNTS:
         results[f"{n}_examples"] = {
             variant: {metric: round(float(np.median(values)), 3) for metric, values in samples[(variant, n)].items()}
-            for variant in VARIANTS}
+            for variant in variant_names}
         base_p50 = np.array(samples[("in_process", n)]["p50_ms"])
         entry = {}
-        for variant in VARIANTS[1:]:
+        for variant in variant_names[1:]:
             p50 = np.array(samples[(variant, n)]["p50_ms"])
-            diffs, ratios = p50 - base_p50, p50 / base_p50
-            entry[variant] = {
-                "p50_minus_in_process_ms": {"median": round(float(np.median(diffs)), 3),
-                                            "min": round(float(diffs.min()), 3), "max": round(float(diffs.max()), 3)},
-                "p50_ratio_over_in_process": {"median": round(float(np.median(ratios)), 3),
-                                              "min": round(float(ratios.min()), 3),
-                                              "max": round(float(ratios.max()), 3)},
-                "goal_p50_within_1ms": bool(np.median(diffs) <= 1.0)}
+            diffs = p50 - base_p50
+            entry[variant] = {"p50_minus_in_process_ms": median_min_max(diffs),
+                              "p50_ratio_over_in_process": median_min_max(p50 / base_p50),
+                              "goal_p50_within_1ms": bool(np.median(diffs) <= 1.0)}
         overhead[f"{n}_examples"] = entry
-    print(json.dumps({
+        if args.baseline_source:
+            against_baseline[f"{n}_examples"] = {
+                api: {"p50_current_minus_baseline_ms": median_min_max(
+                          np.array(samples[(f"server_{api}", n)]["p50_ms"])
+                          - np.array(samples[(f"baseline_{api}", n)]["p50_ms"])),
+                      "p50_ratio_current_over_baseline": median_min_max(
+                          np.array(samples[(f"server_{api}", n)]["p50_ms"])
+                          / np.array(samples[(f"baseline_{api}", n)]["p50_ms"]))}
+                for api in ("predict", "regress", "regress_message")}
+    report = {
         "benchmark": "model_server_latency",
         "model": model_name,
         "setup": {"rounds": args.rounds, "warmup_rounds": 1, "requests_per_sample": args.requests,
                   "server": "crocodile model-server, separate process, TF Serving default flags (batching off, warmup on), "
                             "op threads: the stand-in default (1 intra, 1 inter; serving/cli.py), CPU",
-                  "client": "one sequential gRPC client in this process (requests prebuilt)",
-                  "cpu_count": os.cpu_count(),
+                  "client": "one sequential gRPC client in this process (requests prebuilt and serialized once, "
+                            "except *_regress_message: the stub serializes the message per call)",
+                  "cpu_count": os.cpu_count(), "load_average_at_start": load_at_start,
+                  "load_average_at_end": os.getloadavg(),
                   "machine": "cores shared with other work; absolute numbers are noisy, paired differences less so"},
         "server_args": args.server_arg,
+        "max_abs_score_difference_vs_in_process": score_differences,
         "results": results,
         "server_overhead": overhead,
-    }, indent=2))
+    }
+    if args.baseline_source:
+        report["baseline"] = {"source": os.path.abspath(args.baseline_source), "commit": checkout_commit(args.baseline_source),
+                              "current_commit": checkout_commit(os.path.dirname(os.path.abspath(__file__))),
+                              "current_vs_baseline": against_baseline}
+    print(json.dumps(report, indent=2))
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
 

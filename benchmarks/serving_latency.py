@@ -10,20 +10,22 @@ round, after a warm-up round, over >= 5 rounds; reported numbers are medians ove
 overhead is the median (and min/max) of the per-round router/direct ratios and router-minus-direct
 differences (ms), with the router's goal (p50 overhead <= 0.5 ms, p99 overhead <= 1 ms, throughput
 ratio >= 0.9) checked on those medians. The policy sends every
-user to stable, so both paths run the same version.
+user to stable, so both paths run the same version. During each throughput sample the CPU time
+each process on the path uses per request is read from /proc (``throughput_cpu_ms_per_request``):
+client, router and server share the host's cores, so a hop's CPU per request is what it takes
+from the others' throughput.
 
-  .venv/bin/python benchmarks/serving_latency.py [--model-base DIR] [--rounds 5]
+  .venv/bin/python benchmarks/serving_latency.py [--model-base DIR] [--rounds 5] [--baseline-source DIR]
 
 --model-base: a folder with <version>/saved_model.pb (e.g. a Pusher's <serving_dir>/crocodile);
 by default two small real SavedModels with the production signatures are written to a temp folder.
+--baseline-source: a checkout of older code (``git worktree add /tmp/base <commit>``); its router runs
+in front of the same model server as a fourth path (``baseline_router``), interleaved with the others,
+with paired current-minus-baseline router differences.
 """
 import argparse
 import json
 import os
-import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,34 +34,13 @@ import time
 import numpy as np
 
 import crocodile  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from crocodile.benchmarks.local_processes import (checkout_commit, cpu_seconds, crocodile_command, free_port,
+                                                  launch, median_min_max, progress, stop)
 
 CANDIDATE_COUNTS = (1, 100)
 PATHS = ("direct", "router", "hop_floor")
-
-
-def log(message):
-    print(f"[serving_latency] {message}", file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch(args, log_path):
-    process = subprocess.Popen([sys.executable, "-m", "crocodile"] + args, stdout=open(log_path, "w"),
-                               stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        match = re.search(r"listening on port (\d+)", open(log_path).read())
-        if match:
-            return process, int(match.group(1))
-        if process.poll() is not None:
-            break
-        time.sleep(0.25)
-    process.kill()
-    raise RuntimeError(f"{args[0]} did not start: {open(log_path).read()[-2000:]}")
+BASELINE_PATH = "baseline_router"
+log = progress("serving_latency")
 
 
 def request_data(n):
@@ -106,7 +87,9 @@ def main():
     parser.add_argument("--requests", type=int, default=200, help="sequential requests per latency sample")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients for throughput")
     parser.add_argument("--seconds", type=float, default=2.0, help="duration of one throughput sample")
+    parser.add_argument("--baseline-source", help="checkout of older code whose router is measured alongside")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()
 
     from crocodile.serving.client import ScoringClient
     from crocodile.serving.model_config import write_model_config
@@ -127,75 +110,74 @@ def main():
         f.write("experiment: bench\nsalt: s\ndefault_canary_share: 0.0\n")  # everyone on stable
 
     log("starting model server and router processes")
-    server_port = free_port()
-    server, _ = launch(["model-server", "--port", str(server_port), "--model_config_file", config,
-                        "--allow_version_labels_for_unavailable_models"], os.path.join(work, "server.log"))
-    router, router_port = launch(["router", "--port", "0", "--backend", f"127.0.0.1:{server_port}",
-                                  "--policy", policy], os.path.join(work, "router.log"))
-    floor_port = free_port()
-    floor = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                           "grpc_hop_floor.py"), str(floor_port),
-                              f"127.0.0.1:{server_port}"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    time.sleep(2.0)
-    targets = {"direct": f"127.0.0.1:{server_port}", "router": f"127.0.0.1:{router_port}",
-               "hop_floor": f"127.0.0.1:{floor_port}"}
-    # direct and the bare hop: ask for the label the router would pick.
-    labels = {"direct": "stable", "router": None, "hop_floor": "stable"}
-    clients = {path: ScoringClient(target) for path, target in targets.items()}
-    variants = [(path, n) for n in CANDIDATE_COUNTS for path in PATHS]
-    samples = {v: {"p50_ms": [], "p99_ms": [], "throughput_rps": []} for v in variants}
+    paths = PATHS + ((BASELINE_PATH,) if args.baseline_source else ())
+    processes, clients = {}, {}
     try:
-        for round_index in range(args.rounds + 1):  # round 0 is the warm-up, discarded
-            order = variants if round_index % 2 == 0 else variants[::-1]
-            for path, n in order:
-                p50, p99 = latency_ms(clients[path], n, args.requests if round_index else 20, labels[path])
-                rps = throughput_rps(lambda p=path: ScoringClient(targets[p]), n, args.clients,
-                                     args.seconds if round_index else 0.5, labels[path])
-                if round_index:
-                    samples[(path, n)]["p50_ms"].append(p50)
-                    samples[(path, n)]["p99_ms"].append(p99)
-                    samples[(path, n)]["throughput_rps"].append(rps)
-            log(f"round {round_index}/{args.rounds} done" + (" (warm-up)" if round_index == 0 else ""))
+        server, server_port = launch(crocodile_command(
+            ["model-server", "--port", "0", "--model_config_file", config,
+             "--allow_version_labels_for_unavailable_models"]), os.path.join(work, "server.log"))
+        processes["server"] = server
+        backend = f"127.0.0.1:{server_port}"
+        targets = {"direct": backend}
+        routers = {"router": None, BASELINE_PATH: args.baseline_source} if args.baseline_source else {"router": None}
+        for path, source in routers.items():
+            router, port = launch(crocodile_command(["router", "--port", "0", "--backend", backend, "--policy", policy],
+                                                    source), os.path.join(work, f"{path}.log"))
+            processes[path] = router
+            targets[path] = f"127.0.0.1:{port}"
+        floor, floor_port = launch([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                 "grpc_hop_floor.py"), str(free_port()), backend],
+                                   os.path.join(work, "hop_floor.log"))
+        processes["hop_floor"] = floor
+        targets["hop_floor"] = f"127.0.0.1:{floor_port}"
+        # direct and the bare hop: ask for the label the router would pick.
+        labels = {path: None if path in routers else "stable" for path in paths}
+        clients = {path: ScoringClient(targets[path]) for path in paths}
+        samples = measure(paths, targets, clients, labels, args, processes)
     finally:
         for client in clients.values():
             client.close()
-        for process in (router, floor, server):
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
+        stop(list(processes.values())[::-1])
 
-    results = {path: {} for path in PATHS}
+    results = {path: {} for path in paths}
     for (path, n), values in samples.items():
         results[path][f"{n}_candidates"] = {
             "p50_ms": round(float(np.median(values["p50_ms"])), 3),
             "p99_ms": round(float(np.median(values["p99_ms"])), 3),
             "throughput_requests_per_s": round(float(np.median(values["throughput_rps"])), 1),
             "throughput_candidates_per_s": round(float(np.median(values["throughput_rps"])) * n, 1),
+            "throughput_cpu_ms_per_request": {
+                name: round(float(np.median([cpu[name] for cpu in values["cpu_ms_per_request"]])), 3)
+                for name in values["cpu_ms_per_request"][0]},
         }
     overhead = {}
     for n in CANDIDATE_COUNTS:
-        direct, routed, floor_samples = samples[("direct", n)], samples[("router", n)], samples[("hop_floor", n)]
+        direct = samples[("direct", n)]
         entry = {}
-        for metric in ("p50_ms", "p99_ms", "throughput_rps"):
-            ratios = np.array(routed[metric]) / np.array(direct[metric])
-            entry[f"{metric}_ratio_router_over_direct"] = {
-                "median": round(float(np.median(ratios)), 3), "min": round(float(ratios.min()), 3),
-                "max": round(float(ratios.max()), 3)}
-        for metric in ("p50_ms", "p99_ms"):
-            differences = np.array(routed[metric]) - np.array(direct[metric])
-            entry[f"{metric}_overhead_router_minus_direct"] = {
-                "median": round(float(np.median(differences)), 3), "min": round(float(differences.min()), 3),
-                "max": round(float(differences.max()), 3)}
-        for metric in ("p50_ms", "p99_ms"):
-            differences = np.array(floor_samples[metric]) - np.array(direct[metric])
-            entry[f"{metric}_overhead_bare_hop_minus_direct"] = {
-                "median": round(float(np.median(differences)), 3), "min": round(float(differences.min()), 3),
-                "max": round(float(differences.max()), 3)}
+        for path, name in (("router", "router"), ("hop_floor", "bare_hop")):
+            for metric in ("p50_ms", "p99_ms", "throughput_rps"):
+                entry[f"{metric}_ratio_{name}_over_direct"] = median_min_max(
+                    np.array(samples[(path, n)][metric]) / np.array(direct[metric]))
+            for metric in ("p50_ms", "p99_ms"):
+                entry[f"{metric}_overhead_{name}_minus_direct"] = median_min_max(
+                    np.array(samples[(path, n)][metric]) - np.array(direct[metric]))
+        for metric in ("p50_ms", "p99_ms"):  # what routing costs above any Python hop
+            entry[f"{metric}_router_minus_bare_hop"] = median_min_max(
+                np.array(samples[("router", n)][metric]) - np.array(samples[("hop_floor", n)][metric]))
+        if args.baseline_source:
+            for metric in ("p50_ms", "p99_ms"):
+                entry[f"{metric}_router_minus_baseline_router"] = median_min_max(
+                    np.array(samples[("router", n)][metric]) - np.array(samples[(BASELINE_PATH, n)][metric]))
+            entry["throughput_rps_ratio_router_over_baseline_router"] = median_min_max(
+                np.array(samples[("router", n)]["throughput_rps"]) / np.array(samples[(BASELINE_PATH, n)]["throughput_rps"]))
+            entry["throughput_rps_ratio_baseline_router_over_direct"] = median_min_max(
+                np.array(samples[(BASELINE_PATH, n)]["throughput_rps"]) / np.array(direct["throughput_rps"]))
         entry["goal_met"] = {
             "p50_overhead_le_0.5_ms": bool(entry["p50_ms_overhead_router_minus_direct"]["median"] <= 0.5),
             "p99_overhead_le_1_ms": bool(entry["p99_ms_overhead_router_minus_direct"]["median"] <= 1.0),
             "throughput_ratio_ge_0.9": bool(entry["throughput_rps_ratio_router_over_direct"]["median"] >= 0.9)}
         overhead[f"{n}_candidates"] = entry
-    print(json.dumps({
+    report = {
         "benchmark": "serving_latency",
         "api": "PredictionService.Regress, ExampleListWithContext, signature 'regress'",
         "model": "given --model-base" if args.model_base else
@@ -207,7 +189,9 @@ def main():
                   "router": "crocodile router, policy: all users on stable", "cpu_count": os.cpu_count(),
                   "hop_floor": "benchmarks/grpc_hop_floor.py: a byte-forwarding proxy without routing (the cost "
                                "of any Python gRPC hop on this host)",
-                  "load_average_at_end": os.getloadavg(),
+                  "client": "crocodile.serving.client.ScoringClient (builds and serializes each request), "
+                            "throughput: that many client threads in this process",
+                  "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
                   "processes": "server, router and client are separate processes on the same host; "
                                "the host's cores are shared with other work, so absolute numbers are noisy"},
         "results": results,
@@ -215,7 +199,41 @@ def main():
         "gpu": {"measured": False,
                 "reason": "no GPU machine is lent to this task (device status: can_start_another=false); "
                           "GPU numbers need real TF Serving on GPU (docker/Dockerfile.serving)"},
-    }, indent=2))
+    }
+    if args.baseline_source:
+        report["baseline"] = {"source": os.path.abspath(args.baseline_source),
+                              "commit": checkout_commit(args.baseline_source),
+                              "current_commit": checkout_commit(os.path.dirname(os.path.abspath(__file__)))}
+    print(json.dumps(report, indent=2))
+
+
+def measure(paths, targets, clients, labels, args, processes):
+    """{(path, n): {"p50_ms": [...], "p99_ms": [...], "throughput_rps": [...], "cpu_ms_per_request": [...]}},
+    one number per round; CPU: {process: ms} used per request during the throughput sample by each
+    process on the path and by this client process."""
+    from crocodile.serving.client import ScoringClient
+    variants = [(path, n) for n in CANDIDATE_COUNTS for path in paths]
+    samples = {v: {"p50_ms": [], "p99_ms": [], "throughput_rps": [], "cpu_ms_per_request": []} for v in variants}
+    for round_index in range(args.rounds + 1):  # round 0 is the warm-up, discarded
+        order = variants if round_index % 2 == 0 else variants[::-1]
+        for path, n in order:
+            p50, p99 = latency_ms(clients[path], n, args.requests if round_index else 20, labels[path])
+            on_path = {name: processes[name].pid for name in (path, "server") if name in processes}
+            before = {name: cpu_seconds(pid) for name, pid in on_path.items()}
+            client_before = sum(os.times()[:2])
+            seconds = args.seconds if round_index else 0.5
+            rps = throughput_rps(lambda p=path: ScoringClient(targets[p]), n, args.clients, seconds, labels[path])
+            requests = max(rps * seconds, 1.0)
+            cpu = {name: (cpu_seconds(pid) - before[name]) * 1e3 / requests
+                   for name, pid in on_path.items() if before[name] is not None and cpu_seconds(pid) is not None}
+            cpu["client"] = (sum(os.times()[:2]) - client_before) * 1e3 / requests
+            if round_index:
+                samples[(path, n)]["p50_ms"].append(p50)
+                samples[(path, n)]["p99_ms"].append(p99)
+                samples[(path, n)]["throughput_rps"].append(rps)
+                samples[(path, n)]["cpu_ms_per_request"].append(cpu)
+        log(f"round {round_index}/{args.rounds} done" + (" (warm-up)" if round_index == 0 else ""))
+    return samples
 
 
 if __name__ == "__main__":

@@ -198,23 +198,24 @@ def _blessing_lines(outcome: dict) -> list:
     """The blessing gate's per-slice lines and reasons, read by key from the run's outcome JSON.
 
     ``decision`` (the gate's blessing.json: ``overall``, ``domains``, ``reasons``) is shown
-    with crocodile.pipeline.model_compare.summary_lines; without it, whatever is present
+    with crocodile.pipeline.model_compare.summary_lines (and gauc_lines); without it, whatever is present
     of ``auc_by_slice``, ``validation_failures`` and ``reasons`` (lists of strings).
     """
     decision = outcome.get("decision") or {}
-    lines = []
+    lines, gauc = [], []
     if isinstance(decision.get("domains"), dict) and "overall" in decision:
-        from crocodile.pipeline.model_compare import summary_lines
+        from crocodile.pipeline.model_compare import gauc_lines, summary_lines
 
         try:
             lines += summary_lines(decision)
+            gauc = gauc_lines(decision)
         except (KeyError, TypeError, ValueError):
-            lines = []
+            lines, gauc = [], []
     if not lines:
         lines += [str(line) for line in outcome.get("auc_by_slice") or []]
     lines += [f"failed check: {line}" for line in outcome.get("validation_failures") or []]
     lines += [f"reason: {line}" for line in decision.get("reasons") or outcome.get("reasons") or []]
-    return lines
+    return lines + gauc
 
 
 def _ab_lines(report: dict) -> list:

@@ -188,7 +188,14 @@ def p_worse_than(diff: float, se: float, tolerance: float) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class BlessingRule:
-    """Thresholds of the noise-aware gate. Defaults live in crocodile.pipeline.configs."""
+    """Thresholds of the noise-aware gate (the pipeline's and `crocodile model compare`'s defaults).
+
+    A domain is refused only when its AUC is significantly lower (one-sided, Holm across
+    domains, level ``alpha``) by more than ``domain_tolerance``; the overall AUC by more than
+    ``overall_tolerance``. Domains with fewer than ``min_clicks`` eval clicks are "insufficient
+    evidence", not tested (I: 30 clicks put the AUC standard error near 0.05, beyond which a
+    test has no power against a 0.01 drop anyway).
+    """
     domain_tolerance: float = 0.01
     overall_tolerance: float = 0.002
     alpha: float = 0.05

@@ -32,15 +32,19 @@ def _add_common_arguments(parser) -> None:
 
 
 def add_blessing_arguments(parser) -> None:
-    """The blessing rule's knobs (defaults: crocodile.pipeline.configs BLESSING_*)."""
+    """The blessing rule's knobs (defaults: crocodile.model.comparison.BlessingRule)."""
+    from crocodile.model.comparison import BlessingRule
     group = parser.add_argument_group("blessing rule (default: the pipeline's, see pipeline/README.md)")
     group.add_argument("--domain-tolerance", type=float, default=None,
-                       help="AUC drop a domain may show before 'significantly worse' counts (default 0.01)")
+                       help=f"AUC drop a domain may show before 'significantly worse' counts "
+                            f"(default {BlessingRule.domain_tolerance})")
     group.add_argument("--overall-tolerance", type=float, default=None,
-                       help="the same for the overall AUC (default 0.002)")
-    group.add_argument("--alpha", type=float, default=None, help="one-sided level, Holm across domains (default 0.05)")
+                       help=f"the same for the overall AUC (default {BlessingRule.overall_tolerance})")
+    group.add_argument("--alpha", type=float, default=None,
+                       help=f"one-sided level, Holm across domains (default {BlessingRule.alpha})")
     group.add_argument("--min-clicks", type=int, default=None,
-                       help="eval clicks a domain needs to be tested; fewer = insufficient evidence (default 30)")
+                       help=f"eval clicks a domain needs to be tested; fewer = insufficient evidence "
+                            f"(default {BlessingRule.min_clicks})")
 
 
 def blessing_rule(args):

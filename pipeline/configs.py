@@ -46,26 +46,18 @@ SLICE_FEATURE = "domain_id"
 # The candidate must beat a random ranker overall (absolute check, always; the only check
 # when nothing has been pushed yet), and against the currently served model it is refused
 # only when a domain's AUC is significantly lower (one-sided, Holm across domains) by more
-# than BLESSING_DOMAIN_TOLERANCE, or the overall AUC by more than
-# BLESSING_OVERALL_TOLERANCE. Domains with fewer than BLESSING_MIN_CLICKS eval clicks are
-# reported as "insufficient evidence", not tested (I: 30 clicks put the AUC standard
-# error near 0.05, beyond which a test has no power against a 0.01 drop anyway).
+# than the rule's domain tolerance, or the overall AUC by more than its overall tolerance;
+# domains with too few eval clicks are reported as "insufficient evidence", not tested.
+# The thresholds' defaults and their reasons live in one place: crocodile.model.comparison.BlessingRule.
 BLESSING_GATE_ID = "BlessingGate"  # node id (its outputs live under <pipeline_root>/BlessingGate/)
 OVERALL_AUC_LOWER_BOUND = 0.5
-BLESSING_DOMAIN_TOLERANCE = 0.01
-BLESSING_OVERALL_TOLERANCE = 0.002
-BLESSING_ALPHA = 0.05
-BLESSING_MIN_CLICKS = 30
 
 
 def blessing_rule(**overrides):
-    """The pipeline's BlessingRule (crocodile.model.comparison) with these defaults."""
+    """The pipeline's BlessingRule: its defaults, with the overrides that are not None."""
     from crocodile.model.comparison import BlessingRule
 
-    values = dict(domain_tolerance=BLESSING_DOMAIN_TOLERANCE, overall_tolerance=BLESSING_OVERALL_TOLERANCE,
-                  alpha=BLESSING_ALPHA, min_clicks=BLESSING_MIN_CLICKS)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return BlessingRule(**values)
+    return BlessingRule(**{k: v for k, v in overrides.items() if v is not None})
 
 
 # Beam. Transform, StatisticsGen, Evaluator etc. run on Beam. Worker processes inherit the

@@ -209,10 +209,37 @@ def compare(rows: EvalRows, candidate: np.ndarray, baseline: Optional[np.ndarray
                                       f"lower bound {auc_lower_bound}")
         decision["blessed"] = False
     decision["has_baseline"] = baseline is not None
+    if baseline is not None:
+        decision["gauc"] = gauc_comparison(rows, candidate, baseline, wanted, rule.alpha)
     decision["eval_rows"] = len(rows)
     decision["eval_clicks"] = int(rows.labels.sum())
     decision["eval_users"] = int(np.unique(rows.users).size)
     return decision
+
+
+def gauc_comparison(rows: EvalRows, candidate: np.ndarray, baseline: np.ndarray, domain_ids: Sequence[int],
+                    alpha: float) -> Dict:
+    """Candidate - baseline gAUC (per-user AUC, weighted by rows), overall and per domain, with a
+    user-clustered interval. Information beside the decision, not part of the rule: gAUC is the
+    ranking within one user's impressions, closer to what a request's ranking changes online
+    than the AUC pooled over users, which also rewards ranking users against each other."""
+    from scipy import stats as sps
+
+    from crocodile.model.comparison import gauc_contrast
+
+    z = sps.norm.ppf(1 - alpha / 2)
+    scores = np.vstack([np.ravel(baseline), np.ravel(candidate)])
+
+    def one(rows_mask) -> Dict:
+        result = gauc_contrast(rows.labels[rows_mask], scores[:, rows_mask], [-1.0, 1.0], rows.users[rows_mask])
+        if result.groups == 0:
+            return {"users": 0}
+        return {"baseline_gauc": float(result.gaucs[0]), "candidate_gauc": float(result.gaucs[1]),
+                "diff": result.estimate, "ci_low": result.estimate - z * result.se,
+                "ci_high": result.estimate + z * result.se, "users": result.groups}
+
+    return {"overall": one(np.ones(len(rows), dtype=bool)),
+            "domains": {str(d): one(rows.domains == d) for d in domain_ids}}
 
 
 def compare_models(rows: EvalRows, candidate_dir: str, baseline_dir: Optional[str], rule=None,
@@ -246,6 +273,22 @@ def summary_lines(decision: Dict) -> List[str]:
     return lines
 
 
+def gauc_lines(decision: Dict) -> List[str]:
+    """The gAUC comparison beside the decision (none without a baseline)."""
+    if not decision.get("gauc"):
+        return []
+    lines = ["gAUC (per-user ranking; information, not part of the rule):"]
+    slices = [("overall", decision["gauc"]["overall"])] + \
+        [(f"domain {d}", v) for d, v in decision["gauc"]["domains"].items()]
+    for name, r in slices:
+        if r.get("users"):
+            lines.append(f"  {name:<10} {r['users']:>6} users  candidate {r['candidate_gauc']:.4f}  baseline "
+                         f"{r['baseline_gauc']:.4f}  diff {r['diff']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]")
+        else:
+            lines.append(f"  {name:<10} no user with both a click and a non-click")
+    return lines
+
+
 def describe(decision: Dict) -> str:
     rule = decision["rule"]
     head = (f"{decision['eval_rows']} eval rows, {decision['eval_clicks']} clicks, {decision['eval_users']} users; "
@@ -257,5 +300,6 @@ def describe(decision: Dict) -> str:
                 f"{decision['absolute']['lower_bound']})"
     lines = [head, *summary_lines(decision), f"blessed: {'yes' if decision['blessed'] else 'no'}"]
     lines += [f"  reason: {reason}" for reason in decision["reasons"]]
+    lines += gauc_lines(decision)
     return "\n".join(lines)
 

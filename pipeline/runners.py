@@ -85,7 +85,7 @@ class RunOutcome:
         return list((self.decision or {}).get("reasons", []))
 
     def describe(self) -> str:
-        from crocodile.pipeline.model_compare import summary_lines
+        from crocodile.pipeline.model_compare import gauc_lines, summary_lines
 
         lines = []
         if self.decision is not None:
@@ -95,6 +95,8 @@ class RunOutcome:
             lines += [f"  {line}" for line in summary_lines(self.decision)]
         lines.append(f"model blessed: {'yes' if self.blessed else 'no'}")
         lines += [f"  reason: {line}" for line in self.reasons]
+        if self.decision is not None:
+            lines += gauc_lines(self.decision)
         lines.append(f"pushed to: {self.pushed_destination}" if self.pushed
                      else "pushed: no (the serving directory is unchanged)")
         return "\n".join(lines)

@@ -11,7 +11,7 @@ from typing import Callable, Dict
 import numpy as np
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, regression_pb2
 
-from crocodile.serving import status
+from crocodile.serving import status, wire_protos
 from crocodile.serving.tensor_protos import to_ndarray, to_tensor_proto
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -25,19 +25,31 @@ def run_directly(servable, signature_name: str, inputs: Dict[str, np.ndarray]) -
     return servable.run(signature_name, inputs)
 
 
+def serialized_input(model_input) -> "wire_protos.SerializedInput":
+    """An ``Input`` with its Examples as bytes (TF Serving's internal SerializedInput).
+
+    The model server parses Regress requests straight into this form; a parsed ``Input`` (warmup
+    records) is serialized and read back, as TF Serving's util.cc does.
+    """
+    if model_input.DESCRIPTOR.full_name == wire_protos.SerializedInput.DESCRIPTOR.full_name:
+        return model_input
+    return wire_protos.SerializedInput.FromString(model_input.SerializeToString())
+
+
 def serialized_examples(model_input) -> np.ndarray:
     """``Input`` -> [N] serialized tf.Examples, context bytes prepended to each candidate.
 
     Byte concatenation is what TF Serving does (util.cc InputToSerializedExampleTensor): parsing
     the concatenation merges the two Examples, a candidate feature overriding the context's.
+    The candidates' bytes are the client's own: no Example is parsed or re-serialized here.
     """
+    model_input = serialized_input(model_input)
     kind = model_input.WhichOneof("kind")
     if kind == "example_list":
-        examples = [e.SerializeToString() for e in model_input.example_list.examples]
+        examples = list(model_input.example_list.examples)
     elif kind == "example_list_with_context":
-        context = model_input.example_list_with_context.context.SerializeToString()
-        examples = [context + e.SerializeToString()
-                    for e in model_input.example_list_with_context.examples]
+        context = b"".join(model_input.example_list_with_context.context)
+        examples = [context + e for e in model_input.example_list_with_context.examples]
     else:
         examples = []
     if not examples:

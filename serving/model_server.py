@@ -17,10 +17,11 @@ from typing import Dict, Optional
 import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2, model_service_pb2_grpc,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
+                                     inference_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc, regression_pb2)
 
-from crocodile.serving import inference, status
+from crocodile.serving import inference, status, wire_protos
 from crocodile.serving.batching import BatchingOptions, BatchScheduler
 from crocodile.serving.server_core import ServerCore
 
@@ -70,6 +71,29 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def GetModelMetadata(self, request, context):
         inference.check_metadata_fields(request)
         return inference.model_metadata(self.core.resolve(request.model_spec), request)
+
+
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+# method -> (request parser, response class). As the generated add_PredictionServiceServicer_to_server,
+# except that a Regress request is parsed with its Examples left as bytes (TF Serving's SerializedInput):
+# the model takes serialized Examples, so parsing 100 candidates only to serialize them again is
+# wasted work (measured: benchmarks/model_server_latency.py). A body that is no RegressionRequest
+# still fails in gRPC's deserialization (INTERNAL), as with the generated servicer.
+_PREDICTION_METHODS = {
+    "Classify": (classification_pb2.ClassificationRequest.FromString, classification_pb2.ClassificationResponse),
+    "Regress": (wire_protos.SerializedRegressionRequest.FromString, regression_pb2.RegressionResponse),
+    "Predict": (predict_pb2.PredictRequest.FromString, predict_pb2.PredictResponse),
+    "MultiInference": (inference_pb2.MultiInferenceRequest.FromString, inference_pb2.MultiInferenceResponse),
+    "GetModelMetadata": (get_model_metadata_pb2.GetModelMetadataRequest.FromString,
+                         get_model_metadata_pb2.GetModelMetadataResponse),
+}
+
+
+def prediction_service_handler(servicer: PredictionServicer) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(PREDICTION_SERVICE, {
+        name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name), request_deserializer=parse,
+                                                  response_serializer=response_class.SerializeToString)
+        for name, (parse, response_class) in _PREDICTION_METHODS.items()})
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
@@ -125,7 +149,7 @@ def build_server(core: ServerCore, port: int, batching: Optional[BatchingOptions
         options.append(("grpc.max_receive_message_length", MAX_MESSAGE_BYTES))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
                          options=options)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(core, scheduler), server)
+    server.add_generic_rpc_handlers((prediction_service_handler(PredictionServicer(core, scheduler)),))
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(core), server)
     if enable_grpc_healthcheck_service:
         health_servicer = health.HealthServicer()

@@ -10,6 +10,11 @@ of the real requests/responses but only the fields the router reads. Parsing a 1
 request as a view costs one C++ pass that keeps the candidates as unparsed bytes (the Examples
 of ``ExampleListWithContext.examples`` are declared ``bytes``, which is the same wire type as an
 embedded message), so the router never builds 100 Example objects it does not need.
+
+The model server reads Regress requests through the same kind of view: ``SerializedInput`` mirrors
+TF Serving's ``tensorflow_serving/apis/internal/serialized_input.proto`` (the ``Input`` oneof with
+each Example kept as bytes), which TF Serving's util.cc InputToSerializedExampleTensor uses to
+build the model's string tensor without parsing and re-serializing every Example.
 """
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
 
@@ -19,7 +24,7 @@ _F = descriptor_pb2.FieldDescriptorProto
 _OPTIONAL, _REPEATED = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
 _VIEW_FILE, _VIEW_PACKAGE = "crocodile/router_views.proto", "crocodile.router"
 
-# (message, [(field name, number, type, label, type name)]): field numbers as in
+# (message, [(field name, number, type, label, type name[, oneof name])]): field numbers as in
 # tensorflow_serving/apis/{predict,regression,input}.proto and tensorflow/core/framework/tensor.proto.
 _VIEWS = (
     ("ExampleListView", [("examples", 1, _F.TYPE_BYTES, _REPEATED, None)]),
@@ -38,6 +43,19 @@ _VIEWS = (
     ("ModelSpecView", [("model_spec", 1, _F.TYPE_MESSAGE, _OPTIONAL, ".tensorflow.serving.ModelSpec")]),
     # PredictResponse and RegressionResponse both carry model_spec as field 2.
     ("ResponseView", [("model_spec", 2, _F.TYPE_MESSAGE, _OPTIONAL, ".tensorflow.serving.ModelSpec")]),
+    # TF Serving's internal/serialized_input.proto, with one difference (I): ``context`` is repeated
+    # here. TF Serving parses the whole Input first, so a context sent in several pieces (protobuf
+    # merges repeated occurrences of a message field) reaches it merged; joining the pieces' bytes
+    # is that same merge, where a single bytes field would keep only the last piece.
+    ("SerializedExampleList", [("examples", 1, _F.TYPE_BYTES, _REPEATED, None)]),
+    ("SerializedExampleListWithContext", [("examples", 1, _F.TYPE_BYTES, _REPEATED, None),
+                                          ("context", 2, _F.TYPE_BYTES, _REPEATED, None)]),
+    ("SerializedInput", [("example_list", 1, _F.TYPE_MESSAGE, _OPTIONAL,
+                          f".{_VIEW_PACKAGE}.SerializedExampleList", "kind"),
+                         ("example_list_with_context", 2, _F.TYPE_MESSAGE, _OPTIONAL,
+                          f".{_VIEW_PACKAGE}.SerializedExampleListWithContext", "kind")]),
+    ("SerializedRegressionRequest", [("model_spec", 1, _F.TYPE_MESSAGE, _OPTIONAL, ".tensorflow.serving.ModelSpec"),
+                                     ("input", 2, _F.TYPE_MESSAGE, _OPTIONAL, f".{_VIEW_PACKAGE}.SerializedInput")]),
 )
 
 
@@ -52,10 +70,16 @@ def _build_pool() -> descriptor_pool.DescriptorPool:
         dependency=["tensorflow_serving/apis/model.proto", "tensorflow/core/example/example.proto"])
     for name, fields in _VIEWS:
         message = views.message_type.add(name=name)
-        for field_name, number, field_type, label, type_name in fields:
+        for field_name, number, field_type, label, type_name, *oneof in fields:
             field = message.field.add(name=field_name, number=number, type=field_type, label=label)
             if type_name:
                 field.type_name = type_name
+            if oneof:
+                names = [decl.name for decl in message.oneof_decl]
+                if oneof[0] not in names:
+                    message.oneof_decl.add(name=oneof[0])
+                    names.append(oneof[0])
+                field.oneof_index = names.index(oneof[0])
     pool.Add(views)
     return pool
 
@@ -79,6 +103,8 @@ PredictRequestView = message_class(f"{_VIEW_PACKAGE}.PredictRequestView")
 ResponseView = message_class(f"{_VIEW_PACKAGE}.ResponseView")
 # GetModelMetadataRequest (and every request here) has its model_spec as field 1.
 ModelSpecView = message_class(f"{_VIEW_PACKAGE}.ModelSpecView")
+SerializedInput = message_class(f"{_VIEW_PACKAGE}.SerializedInput")
+SerializedRegressionRequest = message_class(f"{_VIEW_PACKAGE}.SerializedRegressionRequest")
 
 
 def length_delimited_field(number: int, payload: bytes) -> bytes:

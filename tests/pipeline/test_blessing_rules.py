@@ -14,8 +14,8 @@ from crocodile.benchmarks import blessing_rules
 
 pytestmark = pytest.mark.slow
 
-# crocodile/demo.py's world (where benchmarks/blessing_noise.py measured the retrain noise).
-DEMO = ["--impressions", "300000", "--users", "200000", "--seed", "7"]
+# crocodile/demo.py's world preset (where benchmarks/blessing_noise.py measured the retrain noise).
+DEMO = ["--preset", "demo"]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,8 @@ def test_equal_candidates_are_blessed_and_the_old_rule_refuses_more_of_them(worl
     assert equal["eval_rows"] == blessing_rules.DEMO_EVAL_ROWS
     assert equal["new_blessed_rate"] >= 0.95
     assert equal["old_refusal_rate"] >= equal["new_refusal_rate"]
-    # The simulated retrains are as noisy as the measured ones (overall paired SE 0.00085).
-    assert 0.0005 < equal["median_paired_se"]["overall"] < 0.0015
+    # The simulated retrains are as noisy as the measured ones (overall paired SE 0.0015).
+    assert 0.001 < equal["median_paired_se"]["overall"] < 0.002
 
 
 def test_a_candidate_worse_on_one_domain_is_refused(world):

@@ -116,3 +116,35 @@ def test_bad_rows_are_named():
     example.features.feature["click"].int64_list.value[0] = 1
     with pytest.raises(UserError, match="'user_id'"):
         model_compare.rows_from_records([example.SerializeToString()])
+
+
+def _brute_gauc(labels, scores, users):
+    """Row-weighted mean over users with both labels of the pairwise AUC (ties 1/2), by brute force."""
+    total, weight = 0.0, 0
+    for user in np.unique(users):
+        mine = users == user
+        pos, neg = scores[mine][labels[mine] == 1], scores[mine][labels[mine] == 0]
+        if len(pos) and len(neg):
+            wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+            total += mine.sum() * wins / (len(pos) * len(neg))
+            weight += mine.sum()
+    return total / weight
+
+
+def test_gauc_beside_the_decision_matches_a_brute_force_gauc():
+    rows, signal, rng = _rows(n=1500)
+    baseline = signal + rng.normal(size=signal.size)
+    # Candidate: a per-user offset (changes the pooled AUC, not any user's own ranking) on a better score.
+    offsets = {u: rng.normal(scale=3.0) for u in np.unique(rows.users)}
+    candidate = signal + 0.3 * rng.normal(size=signal.size) + np.array([offsets[u] for u in rows.users])
+    decision = model_compare.compare(rows, candidate, baseline)
+    gauc = decision["gauc"]["overall"]
+    assert gauc["candidate_gauc"] == pytest.approx(_brute_gauc(rows.labels, candidate, rows.users), abs=1e-12)
+    assert gauc["baseline_gauc"] == pytest.approx(_brute_gauc(rows.labels, baseline, rows.users), abs=1e-12)
+    assert gauc["diff"] == pytest.approx(gauc["candidate_gauc"] - gauc["baseline_gauc"], abs=1e-12)
+    assert gauc["ci_low"] < gauc["diff"] < gauc["ci_high"]
+    on = rows.domains == 1
+    assert decision["gauc"]["domains"]["1"]["candidate_gauc"] == pytest.approx(
+        _brute_gauc(rows.labels[on], candidate[on], rows.users[on]), abs=1e-12)
+    assert "gAUC (per-user ranking; information, not part of the rule):" in model_compare.describe(decision)
+    assert "gauc" not in model_compare.compare(rows, candidate, None)

@@ -131,6 +131,27 @@ def test_undecodable_request_body(targets, target, code):
 
 
 @pytest.mark.parametrize("target", ["model_server", "router"])
+def test_garbage_candidate_in_a_well_formed_regress_request(targets, target):
+    """The model server keeps Regress candidates as bytes (TF Serving's SerializedInput), so a
+    candidate that is no tf.Example reaches the graph's parser, as in Predict: INVALID_ARGUMENT."""
+    from crocodile.serving import wire_protos
+    from crocodile.serving.examples import make_example
+    request = wire_protos.SerializedRegressionRequest()
+    request.model_spec.name, request.model_spec.signature_name = MODEL_NAME, "regress"
+    request.model_spec.version_label = "stable"
+    lists = request.input.example_list_with_context
+    lists.context.append(make_example(user_context()).SerializeToString())
+    lists.examples.extend([make_example(candidates(1)[0]).SerializeToString(), b"\xff\xfegarbage"])
+    channel = grpc.insecure_channel(f"127.0.0.1:{targets[target]}")
+    raw = channel.unary_unary("/tensorflow.serving.PredictionService/Regress")
+    with pytest.raises(grpc.RpcError) as error:
+        raw(request.SerializeToString(), timeout=20)
+    channel.close()
+    assert error.value.code().name == "INVALID_ARGUMENT"
+    assert "Could not parse example input" in error.value.details()
+
+
+@pytest.mark.parametrize("target", ["model_server", "router"])
 def test_valid_predict_on_the_batching_server(targets, target):
     rows = [good_features(user=f"u{k}", domain=k % 5) for k in range(3)]
     response = call(targets[target], "Predict", predict_request(data.serialized(rows), label=None))

@@ -99,6 +99,41 @@ def test_example_list_with_context_bytes_concatenation_scores_like_full_examples
     np.testing.assert_allclose(merged, regress(inputs=tf.constant([full]))["outputs"].numpy(), atol=1e-7)
 
 
+def test_model_server_scores_equal_the_export_in_process(exported, tmp_path, start_model_server, prediction_stub):
+    # Through the embedded model server, Predict on full rows and Regress on context + candidates
+    # (the Examples forwarded as the client's bytes, context bytes first) give the in-process scores.
+    from serving_test_data import predict_request, regress_request
+
+    from crocodile.serving.examples import merged_features
+    from crocodile.serving.model_config import write_model_config
+    base = tmp_path / "crocodile"
+    base.mkdir()
+    os.symlink(exported["dir"], base / "1")
+    write_model_config(str(tmp_path / "config.pbtxt"), "crocodile", str(base), 1, 1)
+    port, _ = start_model_server(str(tmp_path / "config.pbtxt"))
+    stub = prediction_stub(port)
+    columns = list(exported["config"].raw_feature_columns)
+    rows = [{k: row[k] for k in columns} for row in exported["result"].eval_raw.iloc[:20].to_dict("records")]
+    context_keys = ("user_id", "user_segment", "user_region", DOMAIN_KEY)
+    context = {k: rows[0][k] for k in context_keys}
+    items = [{k: v for k, v in row.items() if k not in context_keys} for row in rows]
+    other_region = next(r["user_region"] for r in rows if r["user_region"] != context["user_region"])
+    items[1]["user_region"] = other_region  # a feature in both context and candidate: the candidate's counts
+    serving_default = exported["loaded"].signatures["serving_default"]
+
+    def in_process(feature_rows):
+        examples = tf.constant([make_example(f).SerializeToString() for f in feature_rows])
+        return serving_default(examples=examples)["outputs"].numpy()
+
+    predicted = tf.make_ndarray(stub.Predict(predict_request([make_example(r).SerializeToString() for r in rows]))
+                                .outputs["outputs"])
+    np.testing.assert_array_equal(predicted, in_process(rows))
+    regressed = [r.value for r in stub.Regress(regress_request(context, items)).result.regressions]
+    expected = in_process([merged_features(context, item) for item in items])
+    np.testing.assert_array_equal(np.array(regressed, np.float32), expected)
+    assert expected[1] != in_process([{**items[1], **context}])[0]  # the shared feature changes the score
+
+
 def test_request_missing_a_model_input_is_rejected(exported):
     row = exported["result"].eval_raw.iloc[0].to_dict()
     columns = [k for k in exported["config"].raw_feature_columns if k != "item_id"]
