@@ -14,8 +14,7 @@ stable-ranked pre-period the estimates are identical, tests/simulation/test_abte
 Throughput = experiment impressions / wall time of pre-period + experiment (the SavedModels are
 loaded once, before the timed runs; a fresh score cache per run), and the same per CPU second of
 this process (all its threads): on the shared 2-core machine other jobs swing the wall-time
-rates 2x between repeats, the CPU-time ratio much less. The fast path runs the two models in two
-threads, which shortens wall time only where a core is free. Models: two
+rates 2x between repeats, the CPU-time ratio much less. Models: two
 world-rankers of different quality (crocodile.simulation.ab_reference_models) unless
 --stable/--canary name real SavedModels (a real model costs more per example, so the fast path
 saves more there).

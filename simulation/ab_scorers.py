@@ -11,7 +11,6 @@ one traffic path whichever answers:
 - `PrePeriodScorer`: the stable model for everyone (the pre-period behind CUPED), or
   `LoggingPolicyScorer`: the world's logging policy for everyone (no model evaluations).
 """
-import concurrent.futures
 import dataclasses
 import os
 from typing import Dict, Optional
@@ -227,7 +226,6 @@ class ModelPair:
         same = os.path.realpath(resolve_saved_model(canary_dir)) == os.path.realpath(self.stable.path)
         self.canary = self.stable if same else CachedModel(world, self.encoder, loaded(canary_path), cache)
         self.cached = cache
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stable-model")
 
     def score(self, user, domain, candidates):
         """Both models on every candidate. Without the cache the Examples are built once for both
@@ -243,24 +241,18 @@ class ModelPair:
         return stable, canary
 
     def score_arms(self, user, domain, candidates, canary: np.ndarray, both: np.ndarray):
-        """Each model on the requests it serves plus those in `both`; NaN elsewhere.
-
-        The two models run at once, the stable one in a second thread: TensorFlow and most of
-        NumPy's work release the GIL, and each model has its own cache and counter."""
+        """Each model on the requests it serves plus those in `both`; NaN elsewhere."""
         if self.canary is self.stable:
             scores = self.stable(user, domain, candidates)
             return scores, scores
-
-        def arm(model, rows):
+        out = []
+        for model, rows in ((self.stable, ~canary | both), (self.canary, canary | both)):
             scores = np.full(candidates.shape, np.nan, np.float32)
             rows = np.flatnonzero(rows)
             if rows.size:
                 scores[rows] = model(user[rows], domain[rows], candidates[rows])
-            return scores
-
-        stable = self._thread.submit(arm, self.stable, ~canary | both)
-        canary_scores = arm(self.canary, canary | both)
-        return stable.result(), canary_scores
+            out.append(scores)
+        return out[0], out[1]
 
     @property
     def examples_scored(self) -> int:
