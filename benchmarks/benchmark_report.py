@@ -23,6 +23,29 @@ def _clean(value):
     return value
 
 
+def read_jsonl(path: str) -> List[dict]:
+    """The records of a JSON-lines file that runs append to one at a time ([] when absent).
+
+    A last line that does not parse is a run killed while writing it and is left out (the
+    run is done again); any other bad line is an error naming the file and line.
+    """
+    from crocodile.errors import UserError
+
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                break
+            raise UserError(f"{path}: line {number} is not JSON ({error.msg})") from error
+    return records
+
+
 def mean_and_interval(values: Sequence[float], confidence: float = 0.95) -> dict:
     """Mean, sample std and a t confidence interval of the mean (NaN bounds for n < 2)."""
     from scipy import stats

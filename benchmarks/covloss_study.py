@@ -221,7 +221,7 @@ def _load_or_prepare(data_dir: str, out_dir: str, max_rows: Optional[int]):
 def run(data_dir: str, out_dir: str, rows: List[int], lambdas: List[float], seeds: int, epochs: int,
         max_rows: Optional[int] = None, hparams: Optional[dict] = None,
         variants: Optional[Dict[str, dict]] = None) -> dict:
-    from crocodile.benchmarks.benchmark_report import _clean
+    from crocodile.benchmarks.benchmark_report import _clean, read_jsonl
     from crocodile.benchmarks.quality_benchmark import train_one
     from crocodile.model.hparams import resolve
 
@@ -240,10 +240,7 @@ def run(data_dir: str, out_dir: str, rows: List[int], lambdas: List[float], seed
     start = time.perf_counter()
     feature_config, vocab, data, transform_seconds = _load_or_prepare(data_dir, out_dir, max_rows)
     runs_path = os.path.join(out_dir, "runs.jsonl")
-    runs = []
-    if os.path.exists(runs_path):
-        with open(runs_path) as f:
-            runs = [r for r in map(json.loads, f) if r.get("setting") in settings]
+    runs = [r for r in read_jsonl(runs_path) if r.get("setting") in settings]
     done = {(r["setting"], r["seed"]) for r in runs}
     fit_arrays, val_arrays, _ = data
     report = {"benchmark": "covloss_study", "scored": "validation",

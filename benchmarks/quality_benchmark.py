@@ -197,6 +197,7 @@ def prepare_data(data_dir: str, out_dir: str, max_rows: Optional[int] = None):
 
 
 RUN_SETTINGS = "run_settings.json"
+PARTS = "parts.jsonl"   # one record per invocation: its transform time and the eval rows' hash
 
 
 def run_settings(data_dir, models, seeds, max_rows, epochs, hparams, reference, budget) -> dict:
@@ -214,13 +215,16 @@ def eval_fingerprint(labels, users, domains) -> str:
     return digest.hexdigest()
 
 
-def start_or_resume(out_dir: str, settings: dict, resume: bool) -> list:
-    """Checks out_dir and returns the runs already completed there ([] for a new run).
+def start_or_resume(out_dir: str, settings: dict, resume: bool):
+    """Checks out_dir; returns (the runs already completed there, the earlier parts' records),
+    both empty for a new run.
 
     A new run needs a folder without a report. A resumed run needs the settings it was started
     with, unchanged; it keeps every run recorded in runs.jsonl whose predictions were saved
     (a run cut off mid-way is trained again) and never rewrites them.
     """
+    from crocodile.benchmarks.benchmark_report import read_jsonl
+
     settings_path = os.path.join(out_dir, RUN_SETTINGS)
     if not resume:
         if os.path.exists(os.path.join(out_dir, "quality.json")) or os.path.exists(settings_path):
@@ -229,7 +233,7 @@ def start_or_resume(out_dir: str, settings: dict, resume: bool) -> list:
         os.makedirs(out_dir, exist_ok=True)
         with open(settings_path, "w") as f:
             json.dump(settings, f, indent=1)
-        return []
+        return [], []
     if not os.path.exists(settings_path):
         raise UserError(f"--resume: {settings_path} not found; {out_dir} holds no run to continue")
     with open(settings_path) as f:
@@ -238,18 +242,9 @@ def start_or_resume(out_dir: str, settings: dict, resume: bool) -> list:
     if changed:
         detail = "; ".join(f"{k}: was {recorded.get(k)!r}, now {settings.get(k)!r}" for k in changed)
         raise UserError(f"--resume: settings differ from the run in {out_dir} ({detail})")
-    done = []
-    runs_path = os.path.join(out_dir, "runs.jsonl")
-    if os.path.exists(runs_path):
-        with open(runs_path) as f:
-            for line in f:
-                try:
-                    result = json.loads(line)
-                except json.JSONDecodeError:     # the last line of a run killed while writing
-                    continue
-                if os.path.exists(prediction_path(out_dir, result["model"], result["seed"])):
-                    done.append(result)
-    return done
+    done = [r for r in read_jsonl(os.path.join(out_dir, "runs.jsonl"))
+            if os.path.exists(prediction_path(out_dir, r["model"], r["seed"]))]
+    return done, read_jsonl(os.path.join(out_dir, PARTS))
 
 
 def prediction_path(out_dir: str, model: str, seed: int) -> str:
@@ -278,12 +273,8 @@ def run(data_dir: str, models: Sequence[str], seeds: int, out_dir: str, max_rows
     hparams = dict(hparams or {})
     epochs = epochs or HParams().epochs
     settings = run_settings(data_dir, models, seeds, max_rows, epochs, hparams, reference, budget)
-    completed = {(r["model"], r["seed"]): r for r in start_or_resume(out_dir, settings, resume)}
-    parts_path = os.path.join(out_dir, "parts.jsonl")
-    earlier_parts = []
-    if resume and os.path.exists(parts_path):
-        with open(parts_path) as f:
-            earlier_parts = [json.loads(line) for line in f if line.strip()]
+    done, earlier_parts = start_or_resume(out_dir, settings, resume)
+    completed = {(r["model"], r["seed"]): r for r in done}
     # Wall time of the earlier parts: their transforms and the runs they completed.
     earlier_seconds = (sum(p["transform_seconds"] for p in earlier_parts)
                        + sum(r.get("wall_seconds", r["train_seconds"]) for r in completed.values()))
@@ -319,7 +310,7 @@ def run(data_dir: str, models: Sequence[str], seeds: int, out_dir: str, max_rows
     if earlier_parts and earlier_parts[0]["eval_fingerprint"] != report["eval_fingerprint"]:
         raise UserError(f"--resume: the eval rows differ from those of the run in {out_dir} "
                         "(data changed since it started)")
-    with open(parts_path, "a") as f:
+    with open(os.path.join(out_dir, PARTS), "a") as f:
         f.write(json.dumps({"transform_seconds": transform_seconds, "eval_fingerprint": report["eval_fingerprint"],
                             "resumed_with_runs": len(completed)}) + "\n")
     predictions: Dict[str, list] = {m: [] for m in models}

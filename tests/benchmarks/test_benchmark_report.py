@@ -53,3 +53,16 @@ def test_cli_rejects_unknown_models_and_bad_hparams(tmp_path, capsys):
     assert main(["benchmark", "quality", "--data", str(tmp_path), "--out", str(tmp_path),
                  "--hparams", '{"bogus": 1}']) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_read_jsonl_leaves_out_a_torn_last_line_and_names_any_other_bad_line(tmp_path):
+    from crocodile.benchmarks.benchmark_report import read_jsonl
+    from crocodile.errors import UserError
+
+    assert read_jsonl(str(tmp_path / "absent.jsonl")) == []
+    path = tmp_path / "runs.jsonl"
+    path.write_text('{"model": "a", "seed": 0}\n\n{"model": "b", "seed": 0}\n{"model": "c", "se')
+    assert read_jsonl(str(path)) == [{"model": "a", "seed": 0}, {"model": "b", "seed": 0}]
+    path.write_text('{"model": "a", "seed": 0}\n{"model": "b", "se\n{"model": "c", "seed": 0}\n')
+    with pytest.raises(UserError, match="runs.jsonl: line 2 is not JSON"):
+        read_jsonl(str(path))
