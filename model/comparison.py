@@ -158,14 +158,43 @@ class PairedAuc:
         return dataclasses.asdict(self)
 
 
+def _normal_interval(estimate: float, se: float, alpha: float):
+    z = sps.norm.ppf(1 - alpha / 2)
+    return estimate - z * se, estimate + z * se
+
+
 def paired_auc(labels, baseline, candidate, clusters=None, alpha: float = 0.05) -> PairedAuc:
     """candidate - baseline AUC on the same rows, clustered-DeLong interval and p-value."""
     result = auc_contrast(labels, np.vstack([np.ravel(baseline), np.ravel(candidate)]), [-1.0, 1.0], clusters)
-    z = sps.norm.ppf(1 - alpha / 2)
     p = two_sided_p(result.estimate, result.se)
     return PairedAuc(float(result.aucs[0]), float(result.aucs[1]), result.estimate, result.se,
-                     result.estimate - z * result.se, result.estimate + z * result.se, p,
+                     *_normal_interval(result.estimate, result.se, alpha), p,
                      result.positives, result.positives + result.negatives)
+
+
+@dataclasses.dataclass
+class PairedGauc:
+    """gAUC of candidate and baseline on the same rows (users as groups), their difference and its interval."""
+    baseline_gauc: float
+    candidate_gauc: float
+    diff: float
+    se: float
+    ci_low: float
+    ci_high: float
+    users: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def paired_gauc(labels, baseline, candidate, users, alpha: float = 0.05) -> Optional[PairedGauc]:
+    """candidate - baseline gAUC on the same rows with a user-clustered interval (gauc_contrast);
+    None when no user has both a click and a non-click."""
+    result = gauc_contrast(labels, np.vstack([np.ravel(baseline), np.ravel(candidate)]), [-1.0, 1.0], users)
+    if result.groups == 0:
+        return None
+    return PairedGauc(float(result.gaucs[0]), float(result.gaucs[1]), result.estimate, result.se,
+                      *_normal_interval(result.estimate, result.se, alpha), result.groups)
 
 
 def two_sided_p(estimate: float, se: float) -> float:

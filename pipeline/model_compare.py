@@ -223,20 +223,13 @@ def gauc_comparison(rows: EvalRows, candidate: np.ndarray, baseline: np.ndarray,
     user-clustered interval. Information beside the decision, not part of the rule: gAUC is the
     ranking within one user's impressions, closer to what a request's ranking changes online
     than the AUC pooled over users, which also rewards ranking users against each other."""
-    from scipy import stats as sps
+    from crocodile.model.comparison import paired_gauc
 
-    from crocodile.model.comparison import gauc_contrast
+    candidate, baseline = np.ravel(candidate), np.ravel(baseline)
 
-    z = sps.norm.ppf(1 - alpha / 2)
-    scores = np.vstack([np.ravel(baseline), np.ravel(candidate)])
-
-    def one(rows_mask) -> Dict:
-        result = gauc_contrast(rows.labels[rows_mask], scores[:, rows_mask], [-1.0, 1.0], rows.users[rows_mask])
-        if result.groups == 0:
-            return {"users": 0}
-        return {"baseline_gauc": float(result.gaucs[0]), "candidate_gauc": float(result.gaucs[1]),
-                "diff": result.estimate, "ci_low": result.estimate - z * result.se,
-                "ci_high": result.estimate + z * result.se, "users": result.groups}
+    def one(on: np.ndarray) -> Dict:
+        result = paired_gauc(rows.labels[on], baseline[on], candidate[on], rows.users[on], alpha)
+        return result.to_dict() if result else {"users": 0}
 
     return {"overall": one(np.ones(len(rows), dtype=bool)),
             "domains": {str(d): one(rows.domains == d) for d in domain_ids}}
