@@ -6,7 +6,6 @@ import os
 from crocodile.errors import UserError
 
 
-
 def _add_common_arguments(parser) -> None:
     parser.add_argument("--model", default="crocodile", help="model registry name (default: crocodile)")
     parser.add_argument("--hparams", default="{}", help="model hyperparameters as a JSON object")
