@@ -47,8 +47,10 @@ def distribution_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def _dataset(files, tft_output, feature_config: FeatureConfig, batch_size: int) -> tf.data.Dataset:
-    """(features, label) batches from raw examples, transformed by the TFT graph, repeated forever.
+def _dataset(files, tft_output, feature_config: FeatureConfig, batch_size: int,
+             training: bool = True) -> tf.data.Dataset:
+    """(features, label) batches from raw examples, transformed by the TFT graph; for training
+    shuffled and repeated forever, else one pass in file order.
 
     Transform does not materialise transformed examples (it only analyses the training
     split); the transform runs here, batched, in the same graph the serving signature
@@ -67,9 +69,13 @@ def _dataset(files, tft_output, feature_config: FeatureConfig, batch_size: int) 
         transformed = dict(transform(tf.io.parse_example(serialized, spec)))
         return transformed, transformed.pop(LABEL_KEY)
 
-    return (tf.data.TFRecordDataset(paths, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
-            .shuffle(SHUFFLE_BUFFER).repeat().batch(batch_size)
-            .map(parse_and_transform, num_parallel_calls=tf.data.AUTOTUNE)
+    if training:
+        records = tf.data.TFRecordDataset(paths, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
+        records = records.shuffle(SHUFFLE_BUFFER).repeat()
+    else:
+        records = tf.data.TFRecordDataset(paths, compression_type="GZIP")
+    return (records.batch(batch_size)
+            .map(parse_and_transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE))
 
 
@@ -128,20 +134,18 @@ class EpochProgress(tf.keras.callbacks.Callback):
               flush=True)
 
 
-def training_split_columns(fn_args, tft_output, columns) -> dict:
-    """Named transformed columns of the TRAINING split (``fn_args.train_files``, never the eval
-    files), read once, as NumPy arrays: for models whose training needs statistics of the
-    training data (EDDA's alignment pairs; ``model.training_data_columns``). Computing them
-    here keeps them on exactly the rows the model trains on, with no extra component."""
+def training_split_columns(train_files, tft_output, feature_config: FeatureConfig, columns) -> dict:
+    """Named transformed columns (the label included) of the TRAINING split (``train_files``,
+    never the eval files), read once in file order through the same transform as training, as
+    NumPy arrays: for models whose training needs statistics of the training data (EDDA's
+    alignment pairs; ``model.training_data_columns``). Computing them here keeps them on
+    exactly the rows the model trains on, with no extra component."""
     import numpy as np
 
-    dataset = fn_args.data_accessor.tf_dataset_factory(
-        fn_args.train_files, tfxio.TensorFlowDatasetOptions(batch_size=65536, num_epochs=1, shuffle=False),
-        tft_output.transformed_metadata.schema)
     parts = {c: [] for c in columns}
-    for batch in dataset:
+    for features, labels in _dataset(train_files, tft_output, feature_config, 65536, training=False):
         for c in columns:
-            parts[c].append(batch[c].numpy().reshape(-1))
+            parts[c].append((labels if c == LABEL_KEY else features[c]).numpy().reshape(-1))
     return {c: np.concatenate(v) if v else np.zeros(0, np.int64) for c, v in parts.items()}
 
 
@@ -179,7 +183,8 @@ def run_fn(fn_args) -> None:
     with strategy.scope():
         model = registry.build_model(model_name, feature_config, sizes, hparams)
     if model.training_data_columns:
-        model.prepare_training_data(training_split_columns(fn_args, tft_output, model.training_data_columns))
+        model.prepare_training_data(training_split_columns(fn_args.train_files, tft_output, feature_config,
+                                                           model.training_data_columns))
     tensorboard = tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")
     history = training.fit(
         model, train_ds, eval_ds, hparams, callbacks=[tensorboard, EpochProgress(epochs, steps_per_epoch)],

@@ -188,3 +188,22 @@ def test_model_compare_takes_the_gates_decision_on_the_same_eval_rows(first_run)
         assert compared["overall"][key] == pytest.approx(gate["overall"][key], abs=1e-9), key
     assert {d: r["status"] for d, r in compared["domains"].items()} == \
         {d: r["status"] for d, r in gate["domains"].items()}
+
+
+def test_training_split_columns_are_the_train_split_through_the_transform(first_run):
+    """EDDA's training columns: every training row once, in file order, the label as logged."""
+    import tensorflow_transform as tft
+    from crocodile.model.edda import EDDAModel
+    from crocodile.pipeline import model_compare
+
+    config = FeatureConfig.load(os.path.join(first_run["data"], "feature_config.json"))
+    tft_output = tft.TFTransformOutput(latest_artifact_uri(first_run["root"], "TransformGraph"))
+    train_split = os.path.join(latest_artifact_uri(first_run["root"], "Examples"), "Split-train")
+    columns = trainer.training_split_columns([os.path.join(train_split, "*")], tft_output, config,
+                                             EDDAModel.training_data_columns)
+    raw = model_compare.examples_split_rows(train_split)
+    assert set(columns) == set(EDDAModel.training_data_columns)
+    assert all(len(v) == len(raw) for v in columns.values())
+    np.testing.assert_array_equal(columns["click"], raw.labels)
+    np.testing.assert_array_equal(columns["domain_id_xf"], raw.domains)
+    assert columns["user_id_xf"].min() >= 0 and len(np.unique(columns["user_id_xf"])) > 1
