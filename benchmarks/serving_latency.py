@@ -2,7 +2,8 @@
 
 Prints JSON: p50 / p99 latency (one client, sequential requests) and throughput (concurrent
 clients, fixed duration) for 1 and 100 candidates per Regress request (ExampleListWithContext),
-direct and via the router, measured in one run; the router's overhead as paired ratios, next to a bare byte-forwarding hop (grpc_hop_floor.py).
+direct and via the router, measured in one run; the router's overhead as paired ratios, next to a bare
+byte-forwarding hop (grpc_hop_floor.py: gRPC's sync server, and grpc.aio).
 
 Method (DESIGN section 9): the model server and the router run as separate `crocodile` processes
 (as deployed); the four variants (direct/router x 1/100 candidates) are interleaved within each
@@ -38,7 +39,7 @@ from crocodile.benchmarks.local_processes import (checkout_commit, cpu_seconds, 
                                                   launch, median_min_max, progress, stop)
 
 CANDIDATE_COUNTS = (1, 100)
-PATHS = ("direct", "router", "hop_floor")
+PATHS = ("direct", "router", "hop_floor", "hop_floor_aio")
 BASELINE_PATH = "baseline_router"
 log = progress("serving_latency")
 
@@ -125,11 +126,12 @@ def main():
                                                     source), os.path.join(work, f"{path}.log"))
             processes[path] = router
             targets[path] = f"127.0.0.1:{port}"
-        floor, floor_port = launch([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                                 "grpc_hop_floor.py"), str(free_port()), backend],
-                                   os.path.join(work, "hop_floor.log"))
-        processes["hop_floor"] = floor
-        targets["hop_floor"] = f"127.0.0.1:{floor_port}"
+        hop_script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpc_hop_floor.py")
+        for path, flags in (("hop_floor", []), ("hop_floor_aio", ["--aio"])):
+            floor, floor_port = launch([sys.executable, hop_script, str(free_port()), backend, *flags],
+                                       os.path.join(work, f"{path}.log"))
+            processes[path] = floor
+            targets[path] = f"127.0.0.1:{floor_port}"
         # direct and the bare hop: ask for the label the router would pick.
         labels = {path: None if path in routers else "stable" for path in paths}
         clients = {path: ScoringClient(targets[path]) for path in paths}
@@ -154,7 +156,7 @@ def main():
     for n in CANDIDATE_COUNTS:
         direct = samples[("direct", n)]
         entry = {}
-        for path, name in (("router", "router"), ("hop_floor", "bare_hop")):
+        for path, name in (("router", "router"), ("hop_floor", "bare_hop"), ("hop_floor_aio", "bare_aio_hop")):
             for metric in ("p50_ms", "p99_ms", "throughput_rps"):
                 entry[f"{metric}_ratio_{name}_over_direct"] = median_min_max(
                     np.array(samples[(path, n)][metric]) / np.array(direct[metric]))
@@ -188,7 +190,7 @@ def main():
                   "server": "crocodile model-server (embedded TF Serving stand-in), batching off, CPU",
                   "router": "crocodile router, policy: all users on stable", "cpu_count": os.cpu_count(),
                   "hop_floor": "benchmarks/grpc_hop_floor.py: a byte-forwarding proxy without routing (the cost "
-                               "of any Python gRPC hop on this host)",
+                               "of any Python gRPC hop on this host); hop_floor_aio: the same on grpc.aio",
                   "client": "crocodile.serving.client.ScoringClient (builds and serializes each request), "
                             "throughput: that many client threads in this process",
                   "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
