@@ -19,8 +19,9 @@ GetModelMetadata is passed through; other PredictionService methods are UNIMPLEM
 
 The server is gRPC's synchronous server: a request costs one hand-off (gRPC's polling thread to a
 handler thread), and the handler's blocking backend call polls its own completion queue. (grpc.aio
-was tried: its poller thread adds hand-offs each way, and a bare byte-forwarding hop measured
-~1 ms slower at p50 on this 2-core machine; see benchmarks/serving_latency.py.) Backends get one
+was measured as a bare byte-forwarding hop in the same rounds as the sync one, in front of the
+model server: p50 and throughput within noise of the sync hop; see serving/README.md and
+benchmarks/serving_latency.py.) Backends get one
 channel each, metrics and the exposure log are written by the telemetry thread
 (``router_telemetry``), and ``maximum_concurrent_rpcs`` bounds the requests in flight: beyond it
 gRPC answers RESOURCE_EXHAUSTED at once instead of queueing without bound.
