@@ -80,6 +80,16 @@ def _expected(world, prices, user, domain, shown):
     return p_click.sum(axis=1), (p_click * p_buy * price).sum(axis=1), p_click, p_buy, price
 
 
+def expected_outcomes_of_ranking(world, user: np.ndarray, domain: np.ndarray, candidates: np.ndarray,
+                                 scores: np.ndarray, slate_size: int, prices: Optional[np.ndarray] = None):
+    """(expected clicks, expected GMV) per request when the `slate_size` best-scored candidates are
+    shown: the oracle's value of a ranking, from the true probabilities (no sampling)."""
+    if prices is None:
+        prices = world.item_features(np.arange(world.num_items))["price"]
+    clicks, gmv = _expected(world, prices, user, domain, _top_k(scores, candidates, slate_size))[:2]
+    return clicks, gmv
+
+
 def policy_canary_shares(policy, num_domains: int) -> np.ndarray:
     """The canary share of each domain from a CanaryPolicy; NaN for all without a policy."""
     if policy is None:
@@ -179,7 +189,7 @@ def simulate(world, scorer, num_requests: int, seed: int = 0, slate_size: Option
         rows = np.flatnonzero(in_sample)
         if rows.size:
             u, dom, cand = user[rows], domain[rows], candidates[rows]
-            arms = [_expected(world, prices, u, dom, _top_k(scores[rows], cand, k))[:2]
+            arms = [expected_outcomes_of_ranking(world, u, dom, cand, scores[rows], k, prices)
                     for scores in (scored.stable, scored.canary_scores)]
             f = fraction[dom]
             arm = scored.canary[rows].astype(np.int64)

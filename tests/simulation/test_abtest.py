@@ -241,3 +241,18 @@ def test_logging_policy_pre_period_reproduces_the_logged_ctr_without_models(setu
         rows = best.domain == d
         assert best.clicks[rows].sum() / best.impressions[rows].sum() > 1.05 * ctr
     assert not pre.canary.any() and pre.oracle_clicks is None
+
+
+def test_expected_outcomes_of_ranking_sum_the_true_probabilities_of_the_top_of_the_list(setup):
+    world = setup["world"]
+    user, domain = np.array([3, 11]), np.array([1, 4])
+    candidates = np.array([[10, 20, 30, 40], [5, 6, 7, 8]])
+    scores = np.array([[0.1, 0.9, 0.5, 0.7], [0.4, 0.4, 0.2, 0.8]])  # row 2: a tie keeps candidate order
+    clicks, gmv = abtest.expected_outcomes_of_ranking(world, user, domain, candidates, scores, slate_size=3)
+    prices = world.item_features(np.arange(world.num_items))["price"]
+    for r, shown in enumerate(([20, 40, 30], [8, 5, 6])):
+        p_click = [float(world.click_probability(user[r], item, domain[r], position))
+                   for position, item in enumerate(shown)]
+        p_buy = [float(world.purchase_probability(user[r], item, domain[r])) for item in shown]
+        assert clicks[r] == pytest.approx(sum(p_click), rel=1e-6)  # the world computes in float32
+        assert gmv[r] == pytest.approx(sum(c * b * prices[i] for c, b, i in zip(p_click, p_buy, shown)), rel=1e-6)
