@@ -218,22 +218,36 @@ def _blessing_lines(outcome: dict) -> list:
     return lines + gauc
 
 
+def _ctr_text(ctr: dict) -> str:
+    text = f"CTR lift {ctr['rel_lift']:+.2%}"
+    interval = ctr.get("rel_ci") or [None, None]
+    if None not in interval:
+        text += f" [{interval[0]:+.2%}, {interval[1]:+.2%}]"
+    return text
+
+
 def _ab_lines(report: dict) -> list:
-    """Verdict and CTR lift of an A/B report.json, read by key (``verdict``, ``overall.metrics.ctr``,
-    ``oracle_overall_ctr_lift``); missing keys are left out."""
+    """Verdict and CTR lift of an A/B report.json, overall and per domain with the true lift beside
+    the estimate, so the gate's per-domain lines above can be checked against the truth. Read by
+    key (``verdict``, ``overall.metrics.ctr``, ``oracle_overall_ctr_lift``, ``domains[].scope`` and
+    ``.metrics.ctr.oracle_rel_lift``); missing keys are left out."""
     lines = []
     if report.get("verdict") is not None:
         lines.append(f"verdict: {report['verdict']}")
     ctr = ((report.get("overall") or {}).get("metrics") or {}).get("ctr") or {}
     if ctr.get("rel_lift") is not None:
-        interval = ctr.get("rel_ci") or [None, None]
-        text = f"CTR lift {ctr['rel_lift']:+.2%}"
-        if None not in interval:
-            text += f" [{interval[0]:+.2%}, {interval[1]:+.2%}]"
-        lines.append(text)
+        lines.append(_ctr_text(ctr))
     oracle = report.get("oracle_overall_ctr_lift")
     if oracle is not None:
         lines.append(f"true (oracle) CTR lift {oracle:+.2%}")
+    for domain in report.get("domains") or []:
+        ctr = ((domain or {}).get("metrics") or {}).get("ctr") or {}
+        if ctr.get("rel_lift") is None:
+            continue
+        text = f"  {domain.get('scope', '?'):<10} {_ctr_text(ctr)}"
+        if ctr.get("oracle_rel_lift") is not None:
+            text += f"  true {ctr['oracle_rel_lift']:+.2%}"
+        lines.append(text)
     return lines
 
 
