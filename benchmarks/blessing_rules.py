@@ -18,13 +18,15 @@ Rules on the same trials:
 - old: TFMA point estimates, as the pipeline had them: overall AUC change >= -0.002 and, on
   each domain with >= 100 expected eval rows, AUC change >= -0.01;
 - new: crocodile.pipeline.model_compare.compare (blessing_decision, clustered by user,
-  Holm across domains, the pipeline's default BlessingRule).
+  Holm across domains, the pipeline's default BlessingRule; ``--statistic gauc`` tests gAUC,
+  and the worse candidate's drop is then calibrated in gAUC).
 
     python benchmarks/blessing_rules.py --data /tmp/demo --trials 400   # prints JSON
 
 (/tmp/demo: crocodile data generate --preset demo --out /tmp/demo, the world preset of crocodile/demo.py)
 """
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -73,12 +75,21 @@ def _auc(labels, scores) -> float:
     return float(auc_contrast(labels, scores, [1.0]).estimate)
 
 
-def _noise_sd_for_auc(labels, scores, noise, target_auc: float) -> float:
-    """The scale k at which scores + k * noise has AUC target_auc (bisection; AUC falls as k grows)."""
+def _statistic(statistic: str, labels, scores, users) -> float:
+    """AUC, or gAUC with ``users`` as groups (the blessing rule's two statistics)."""
+    if statistic == "auc":
+        return _auc(labels, scores)
+    from crocodile.model.comparison import gauc_contrast
+
+    return float(gauc_contrast(labels, scores, [1.0], users).estimate)
+
+
+def _noise_sd_for_auc(labels, scores, noise, target_auc: float, statistic: str = "auc", users=None) -> float:
+    """The scale k at which scores + k * noise has AUC (or gAUC) target_auc (bisection; it falls as k grows)."""
     low, high = 0.0, 20.0
     for _ in range(40):
         mid = (low + high) / 2
-        if _auc(labels, scores + mid * noise) > target_auc:
+        if _statistic(statistic, labels, scores + mid * noise, users) > target_auc:
             low = mid
         else:
             high = mid
@@ -100,14 +111,17 @@ def calibrate(world: Dict[str, np.ndarray], logit_correlation: float, mean_auc: 
             "target_logit_correlation": logit_correlation}
 
 
-def worse_noise_sd(world, noise: Dict[str, float], domain: int, drop: float, seed: int = 1) -> float:
-    """Extra per-row noise sd on ``domain`` that lowers its expected AUC by ``drop``."""
+def worse_noise_sd(world, noise: Dict[str, float], domain: int, drop: float, seed: int = 1,
+                   statistic: str = "auc") -> float:
+    """Extra per-row noise sd on ``domain`` that lowers its expected AUC (or gAUC) by ``drop``."""
     rng = np.random.default_rng(seed)
     rows = np.flatnonzero(world["domains"] == domain)
     signal = world["relevance_logit"][rows]
     labels = (rng.random(rows.size) < world["p_click"][rows]).astype(np.int64)
     base = signal + rng.normal(0, noise["tau"], rows.size) + rng.normal(0, noise["sigma"], rows.size)
-    return _noise_sd_for_auc(labels, base, rng.normal(size=rows.size), _auc(labels, base) - drop)
+    users = world["users"][rows]
+    return _noise_sd_for_auc(labels, base, rng.normal(size=rows.size),
+                             _statistic(statistic, labels, base, users) - drop, statistic, users)
 
 
 def old_rule_blessed(labels, baseline, candidate, domains, thresholded) -> bool:
@@ -126,8 +140,9 @@ def old_rule_blessed(labels, baseline, candidate, domains, thresholded) -> bool:
 
 def run_trials(world, noise: Dict[str, float], trials: int, eval_rows: int = DEMO_EVAL_ROWS,
                worse_domain: Optional[int] = None, worse_sd: float = 0.0, seed: int = 0,
-               num_domains: Optional[int] = None) -> Dict:
-    """Blessing rates of the old and new rule over ``trials`` simulated eval sets."""
+               num_domains: Optional[int] = None, rule=None) -> Dict:
+    """Blessing rates of the old and new rule (``rule``: default the pipeline's) over ``trials``
+    simulated eval sets."""
     from crocodile.pipeline.model_compare import EvalRows, compare
 
     rng = np.random.default_rng(seed)
@@ -151,7 +166,7 @@ def run_trials(world, noise: Dict[str, float], trials: int, eval_rows: int = DEM
             candidate[on] += rng.normal(0, worse_sd, int(on.sum()))
         old = old_rule_blessed(labels, baseline, candidate, domains, thresholded)
         rows = EvalRows(np.empty(0, dtype=object), labels, domains, world["users"][idx])
-        decision = compare(rows, candidate, baseline, domain_ids=domain_ids)
+        decision = compare(rows, candidate, baseline, rule=rule, domain_ids=domain_ids)
         old_blessed += old
         new_blessed += decision["blessed"]
         insufficient.append(len(decision["insufficient_evidence"]))
@@ -174,7 +189,10 @@ def main(argv=None) -> int:
     parser.add_argument("--trials", type=int, default=400)
     parser.add_argument("--worse-trials", type=int, default=200)
     parser.add_argument("--worse-domain", type=int, default=1)
-    parser.add_argument("--worse-drops", default="0.03,0.05", help="AUC drops on the worse domain")
+    parser.add_argument("--worse-drops", default="0.03,0.05",
+                        help="drops of the rule's statistic (AUC or gAUC) on the worse domain")
+    parser.add_argument("--statistic", choices=("auc", "gauc"), default=None,
+                        help="the new rule's statistic (default: the pipeline's BlessingRule)")
     parser.add_argument("--correlations", default="0.95,0.9",
                         help="sensitivity: equal-quality trials whose models agree less than two seeds "
                              "(logit correlation; not measured, e.g. two architectures of equal AUC)")
@@ -188,19 +206,23 @@ def main(argv=None) -> int:
         measured = {"logit_correlation": real["logit_correlation"],
                     "mean_auc": float(np.mean([real["paired_overall"]["baseline_auc"],
                                                real["paired_overall"]["candidate_auc"]]))}
+    from crocodile.pipeline import configs
+
+    rule = configs.blessing_rule(statistic=args.statistic)
     started = time.time()
     world = load_world_rows(args.data)
     noise = calibrate(world, measured["logit_correlation"], measured["mean_auc"])
     report = {"benchmark": "blessing_rules", "data": os.path.abspath(args.data), "measured": measured,
-              "noise": noise, "equal": run_trials(world, noise, args.trials, seed=10), "worse": {},
+              "new_rule": dataclasses.asdict(rule), "noise": noise,
+              "equal": run_trials(world, noise, args.trials, seed=10, rule=rule), "worse": {},
               "equal_sensitivity": {}}
     for drop in [float(x) for x in args.worse_drops.split(",") if x]:
-        worse_sd = worse_noise_sd(world, noise, args.worse_domain, drop)
+        worse_sd = worse_noise_sd(world, noise, args.worse_domain, drop, statistic=rule.statistic)
         report["worse"][str(drop)] = run_trials(world, noise, args.worse_trials, worse_domain=args.worse_domain,
-                                                worse_sd=worse_sd, seed=11)
+                                                worse_sd=worse_sd, seed=11, rule=rule)
     for correlation in [float(x) for x in args.correlations.split(",") if x]:
         report["equal_sensitivity"][str(correlation)] = run_trials(
-            world, calibrate(world, correlation, measured["mean_auc"]), args.sensitivity_trials, seed=12)
+            world, calibrate(world, correlation, measured["mean_auc"]), args.sensitivity_trials, seed=12, rule=rule)
     report["seconds"] = round(time.time() - started, 1)
     print(json.dumps(report, indent=1))
     return 0

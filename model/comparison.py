@@ -15,9 +15,9 @@ with one row per cluster it reduces exactly to DeLong. The estimate is any linea
 contrast of the AUCs of several score vectors on the same rows, which also gives the
 mean difference over training seeds (every seed scores the same eval rows).
 
-Blessing: a candidate is refused when, against the baseline, a domain's AUC is
-significantly lower by more than ``domain_tolerance`` (one-sided, Holm across the gated
-domains), or the overall AUC is significantly lower by more than ``overall_tolerance``.
+Blessing: a candidate is refused when, against the baseline, a domain's AUC (or gAUC: the
+rule's ``statistic``) is significantly lower by more than ``domain_tolerance`` (one-sided, Holm
+across the gated domains), or the overall one by more than ``overall_tolerance``.
 Domains with fewer than ``min_clicks`` clicks (or no non-clicks) are reported as
 "insufficient evidence" and not tested.
 """
@@ -215,20 +215,44 @@ def p_worse_than(diff: float, se: float, tolerance: float) -> float:
     return float(sps.norm.cdf((diff + tolerance) / se))
 
 
+STATISTICS = {"auc": "AUC", "gauc": "gAUC"}  # a rule's statistic -> its name in reasons and tables
+
+
 @dataclasses.dataclass(frozen=True)
 class BlessingRule:
     """Thresholds of the noise-aware gate (the pipeline's and `crocodile model compare`'s defaults).
 
-    A domain is refused only when its AUC is significantly lower (one-sided, Holm across
-    domains, level ``alpha``) by more than ``domain_tolerance``; the overall AUC by more than
-    ``overall_tolerance``. Domains with fewer than ``min_clicks`` eval clicks are "insufficient
-    evidence", not tested (I: 30 clicks put the AUC standard error near 0.05, beyond which a
-    test has no power against a 0.01 drop anyway).
+    A domain is refused only when its ``statistic`` is significantly lower (one-sided, Holm
+    across domains, level ``alpha``) by more than ``domain_tolerance``; the whole eval set by
+    more than ``overall_tolerance``. Domains with fewer than ``min_clicks`` eval clicks are
+    "insufficient evidence", not tested (I: 30 clicks put the AUC standard error near 0.05,
+    beyond which a test has no power against a 0.01 drop anyway).
+
+    ``statistic``: ``auc``, the AUC pooled over the slice's rows, or ``gauc``, the per-user AUC
+    weighted by rows (users with both a click and a non-click; users as clusters). Pooled AUC
+    also rewards ranking one user's impressions against another's, which no request does;
+    benchmarks/gate_metric_study.py measures which of the two tells the online lift.
     """
     domain_tolerance: float = 0.01
     overall_tolerance: float = 0.002
     alpha: float = 0.05
     min_clicks: int = 30
+    statistic: str = "auc"
+
+    def __post_init__(self):
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"blessing statistic {self.statistic!r}: choose from {', '.join(STATISTICS)}")
+
+
+def _paired_statistic(rule: BlessingRule, labels, baseline, candidate, clusters) -> Optional[Dict]:
+    """The rule's paired contrast on these rows (JSON-ready), or None when gAUC has no eligible user."""
+    if rule.statistic == "auc":
+        return paired_auc(labels, baseline, candidate, clusters, rule.alpha).to_dict()
+    result = paired_gauc(labels, baseline, candidate, clusters, rule.alpha)
+    if result is None:
+        return None
+    return {**result.to_dict(), "p_two_sided": two_sided_p(result.diff, result.se),
+            "clicks": int(np.sum(labels)), "rows": int(np.size(labels))}
 
 
 def blessing_decision(labels, baseline, candidate, domains, clusters=None,
@@ -243,23 +267,31 @@ def blessing_decision(labels, baseline, candidate, domains, clusters=None,
     baseline, candidate = np.ravel(baseline), np.ravel(candidate)
     domains = np.asarray(domains).ravel().astype(np.int64)
     clusters = None if clusters is None else np.asarray(clusters).ravel()
+    if rule.statistic == "gauc" and clusters is None:
+        raise ValueError("a gAUC blessing rule needs the rows' users (clusters)")
     wanted = sorted(set(int(d) for d in (domain_ids if domain_ids is not None else np.unique(domains))))
+    name = STATISTICS[rule.statistic]
+    no_users = "no user with both a click and a non-click"
 
-    overall = paired_auc(labels, baseline, candidate, clusters, rule.alpha)
-    overall_p = p_worse_than(overall.diff, overall.se, rule.overall_tolerance)
+    overall = _paired_statistic(rule, labels, baseline, candidate, clusters)
+    if overall is None:
+        overall = {"clicks": int(labels.sum()), "rows": int(labels.size), "reason": no_users}
+    overall_p = p_worse_than(overall.get("diff", math.nan), overall.get("se", math.nan), rule.overall_tolerance)
     per_domain: Dict[int, Dict] = {}
     tested: List[int] = []
     for d in wanted:
         rows = domains == d
         clicks, non_clicks = int(labels[rows].sum()), int(rows.sum() - labels[rows].sum())
-        if clicks < rule.min_clicks or non_clicks == 0:
+        result = None
+        if clicks >= rule.min_clicks and non_clicks > 0:
+            result = _paired_statistic(rule, labels[rows], baseline[rows], candidate[rows],
+                                       None if clusters is None else clusters[rows])
+        if result is None:
             per_domain[d] = {"status": INSUFFICIENT, "clicks": clicks, "rows": int(rows.sum()),
                              "reason": f"{clicks} clicks < {rule.min_clicks} needed" if clicks < rule.min_clicks
-                             else "no non-clicks"}
+                             else "no non-clicks" if non_clicks == 0 else no_users}
             continue
-        result = paired_auc(labels[rows], baseline[rows], candidate[rows],
-                            None if clusters is None else clusters[rows], rule.alpha)
-        per_domain[d] = {**result.to_dict(), "p_worse": p_worse_than(result.diff, result.se, rule.domain_tolerance)}
+        per_domain[d] = {**result, "p_worse": p_worse_than(result["diff"], result["se"], rule.domain_tolerance)}
         tested.append(d)
     adjusted = holm([per_domain[d]["p_worse"] for d in tested]) if tested else []
     reasons = []
@@ -268,18 +300,21 @@ def blessing_decision(labels, baseline, candidate, domains, clusters=None,
         per_domain[d].update(p_worse_holm=float(p_holm), status="significantly worse" if worse else "ok")
         if worse:
             r = per_domain[d]
-            reasons.append(f"domain {d}: AUC {r['diff']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] is "
+            reasons.append(f"domain {d}: {name} {r['diff']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] is "
                            f"significantly below -{rule.domain_tolerance} (Holm p = {p_holm:.3g})")
     overall_worse = not math.isnan(overall_p) and overall_p < rule.alpha
     if overall_worse:
-        reasons.append(f"overall: AUC {overall.diff:+.4f} [{overall.ci_low:+.4f}, {overall.ci_high:+.4f}] is "
-                       f"significantly below -{rule.overall_tolerance} (p = {overall_p:.3g})")
+        reasons.append(f"overall: {name} {overall['diff']:+.4f} [{overall['ci_low']:+.4f}, "
+                       f"{overall['ci_high']:+.4f}] is significantly below -{rule.overall_tolerance} "
+                       f"(p = {overall_p:.3g})")
     return {
         "blessed": not reasons,
         "reasons": reasons,
         "rule": dataclasses.asdict(rule),
-        "overall": {**overall.to_dict(), "p_worse": overall_p,
-                    "status": "significantly worse" if overall_worse else "ok"},
+        "statistic": rule.statistic,
+        "overall": {**overall, "p_worse": overall_p,
+                    "status": "significantly worse" if overall_worse else
+                    INSUFFICIENT if "diff" not in overall else "ok"},
         "domains": {str(d): per_domain[d] for d in wanted},
         "insufficient_evidence": [d for d in wanted if per_domain[d]["status"] == INSUFFICIENT],
     }

@@ -32,7 +32,7 @@ def _add_common_arguments(parser) -> None:
 
 def add_blessing_arguments(parser) -> None:
     """The blessing rule's knobs (defaults: crocodile.model.comparison.BlessingRule)."""
-    from crocodile.model.comparison import BlessingRule
+    from crocodile.model.comparison import STATISTICS, BlessingRule
     group = parser.add_argument_group("blessing rule (default: the pipeline's, see pipeline/README.md)")
     group.add_argument("--domain-tolerance", type=float, default=None,
                        help=f"AUC drop a domain may show before 'significantly worse' counts "
@@ -44,6 +44,9 @@ def add_blessing_arguments(parser) -> None:
     group.add_argument("--min-clicks", type=int, default=None,
                        help=f"eval clicks a domain needs to be tested; fewer = insufficient evidence "
                             f"(default {BlessingRule.min_clicks})")
+    group.add_argument("--statistic", choices=sorted(STATISTICS), default=None,
+                       help=f"what the rule tests per domain and overall: auc (pooled over the rows) or gauc "
+                            f"(per-user AUC; see pipeline/README.md 'Blessing') (default {BlessingRule.statistic})")
 
 
 def blessing_rule(args):
@@ -51,7 +54,7 @@ def blessing_rule(args):
 
     try:
         rule = configs.blessing_rule(domain_tolerance=args.domain_tolerance, overall_tolerance=args.overall_tolerance,
-                                     alpha=args.alpha, min_clicks=args.min_clicks)
+                                     alpha=args.alpha, min_clicks=args.min_clicks, statistic=args.statistic)
     except (TypeError, ValueError) as error:
         raise UserError(f"blessing rule: {error}") from error
     if not (0 < rule.alpha < 1) or rule.domain_tolerance < 0 or rule.overall_tolerance < 0 or rule.min_clicks < 1:

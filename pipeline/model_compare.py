@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from crocodile.errors import UserError
+from crocodile.model.comparison import STATISTICS
 from crocodile.model.features import DOMAIN_KEY, LABEL_KEY, USER_KEY
 from crocodile.pipeline import configs
 
@@ -185,6 +186,13 @@ def _candidate_only(rows: EvalRows, candidate: np.ndarray, rule, domain_ids: Seq
             "insufficient_evidence": [d for d in domain_ids if domains[str(d)]["status"] == INSUFFICIENT]}
 
 
+def candidate_overall_auc(rows: EvalRows, candidate: np.ndarray) -> float:
+    """The absolute check's statistic: the candidate's AUC over every eval row."""
+    from crocodile.model.comparison import auc_contrast
+
+    return float(auc_contrast(rows.labels, np.ravel(candidate), [1.0]).estimate)
+
+
 def compare(rows: EvalRows, candidate: np.ndarray, baseline: Optional[np.ndarray], rule=None,
             domain_ids: Optional[Sequence[int]] = None,
             auc_lower_bound: float = configs.OVERALL_AUC_LOWER_BOUND) -> Dict:
@@ -201,7 +209,7 @@ def compare(rows: EvalRows, candidate: np.ndarray, baseline: Optional[np.ndarray
     else:
         decision = blessing_decision(rows.labels, baseline, candidate, rows.domains, clusters=rows.users,
                                      rule=rule, domain_ids=wanted)
-    overall_auc = decision["overall"]["candidate_auc"]
+    overall_auc = candidate_overall_auc(rows, candidate)
     absolute_ok = bool(overall_auc >= auc_lower_bound)
     decision["absolute"] = {"overall_auc": overall_auc, "lower_bound": auc_lower_bound, "ok": absolute_ok}
     if not absolute_ok:
@@ -209,7 +217,7 @@ def compare(rows: EvalRows, candidate: np.ndarray, baseline: Optional[np.ndarray
                                       f"lower bound {auc_lower_bound}")
         decision["blessed"] = False
     decision["has_baseline"] = baseline is not None
-    if baseline is not None:
+    if baseline is not None and rule.statistic != "gauc":  # with a gAUC rule the decision holds it
         decision["gauc"] = gauc_comparison(rows, candidate, baseline, wanted, rule.alpha)
     decision["eval_rows"] = len(rows)
     decision["eval_clicks"] = int(rows.labels.sum())
@@ -255,9 +263,12 @@ def summary_lines(decision: Dict) -> List[str]:
     lines = []
     slices = [("overall", decision["overall"])] + [(f"domain {d}", v) for d, v in decision["domains"].items()]
     for name, r in slices:
-        text = f"{name:<10} {r.get('clicks', 0):>6} clicks  candidate AUC {_fmt(r.get('candidate_auc'), '.4f')}"
+        key = "gauc" if "candidate_gauc" in r or (decision.get("has_baseline") and
+                                                   decision.get("statistic") == "gauc") else "auc"
+        text = (f"{name:<10} {r.get('clicks', 0):>6} clicks  candidate {STATISTICS[key]} "
+                f"{_fmt(r.get(f'candidate_{key}'), '.4f')}")
         if decision.get("has_baseline") and "diff" in r:
-            text += (f"  baseline {_fmt(r['baseline_auc'], '.4f')}  diff {_fmt(r['diff'], '+.4f')} "
+            text += (f"  baseline {_fmt(r[f'baseline_{key}'], '.4f')}  diff {_fmt(r['diff'], '+.4f')} "
                      f"[{_fmt(r['ci_low'], '+.4f')}, {_fmt(r['ci_high'], '+.4f')}]")
         text += f"  {r['status']}"
         if r.get("reason"):
@@ -285,7 +296,8 @@ def gauc_lines(decision: Dict) -> List[str]:
 def describe(decision: Dict) -> str:
     rule = decision["rule"]
     head = (f"{decision['eval_rows']} eval rows, {decision['eval_clicks']} clicks, {decision['eval_users']} users; "
-            f"rule: refuse when a domain is significantly worse by > {rule['domain_tolerance']} AUC or overall "
+            f"rule: refuse when a domain is significantly worse by > {rule['domain_tolerance']} "
+            f"{STATISTICS[rule.get('statistic', 'auc')]} or overall "
             f"by > {rule['overall_tolerance']} (alpha {rule['alpha']}, Holm; domains need >= "
             f"{rule['min_clicks']} clicks)")
     if not decision.get("has_baseline"):

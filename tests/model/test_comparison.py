@@ -102,6 +102,55 @@ def test_blessing_rule_refuses_a_domain_made_worse_and_reports_small_domains():
     assert any(reason.startswith("domain 1:") for reason in decision["reasons"])
 
 
+def _users_world(seed=2, users=1500, per_user=24):
+    rng = np.random.default_rng(seed)
+    user = np.repeat(np.arange(users), per_user)
+    domains = rng.choice(2, user.size, p=[0.6, 0.4])
+    propensity, x = rng.normal(size=users)[user], rng.normal(size=user.size)
+    labels = (rng.random(user.size) < 1 / (1 + np.exp(-(propensity + 1.5 * x - 2.0)))).astype(int)
+    return rng, user, domains, x, labels, propensity + x + 0.6 * rng.normal(size=user.size)
+
+
+def test_gauc_rule_ignores_what_only_reorders_users_and_the_auc_rule_does_not():
+    rng, user, domains, x, labels, baseline = _users_world()
+    # A per-user constant: each user's own impressions keep their order, users are shuffled against each other.
+    shifted = baseline + 3.0 * rng.normal(size=user.max() + 1)[user]
+    by_auc = comparison.blessing_decision(labels, baseline, shifted, domains, clusters=user)
+    by_gauc = comparison.blessing_decision(labels, baseline, shifted, domains, clusters=user,
+                                           rule=comparison.BlessingRule(statistic="gauc"))
+    assert not by_auc["blessed"] and by_auc["domains"]["0"]["status"] == "significantly worse"
+    assert by_gauc["blessed"] and by_gauc["statistic"] == "gauc"
+    for result in [by_gauc["overall"], *by_gauc["domains"].values()]:
+        assert result["diff"] == pytest.approx(0.0, abs=1e-12) and result["status"] == "ok"
+        assert result["candidate_gauc"] == pytest.approx(result["baseline_gauc"], abs=1e-12)
+    # The per-slice numbers are paired_gauc's on that slice's rows.
+    on = domains == 1
+    expected = comparison.paired_gauc(labels[on], baseline[on], shifted[on], user[on])
+    assert by_gauc["domains"]["1"]["users"] == expected.users
+
+
+def test_gauc_rule_refuses_a_domain_ranked_worse_within_users():
+    rng, user, domains, x, labels, baseline = _users_world(seed=4)
+    worse = baseline.copy()
+    hurt = domains == 1
+    worse[hurt] = baseline[hurt] + 2.5 * rng.normal(size=hurt.sum())  # noise inside each user's list
+    decision = comparison.blessing_decision(labels, baseline, worse, domains, clusters=user,
+                                            rule=comparison.BlessingRule(statistic="gauc"))
+    assert not decision["blessed"]
+    assert decision["domains"]["1"]["status"] == "significantly worse"
+    assert decision["domains"]["0"]["status"] == "ok"
+    assert any(reason.startswith("domain 1: gAUC") for reason in decision["reasons"])
+
+
+def test_gauc_rule_needs_users_and_a_known_statistic():
+    with pytest.raises(ValueError, match="statistic 'ndcg'"):
+        comparison.BlessingRule(statistic="ndcg")
+    _, _, domains, _, labels, baseline = _users_world(users=50)
+    with pytest.raises(ValueError, match="needs the rows' users"):
+        comparison.blessing_decision(labels, baseline, baseline, domains,
+                                     rule=comparison.BlessingRule(statistic="gauc"))
+
+
 def test_one_sided_p_value_and_holm_by_hand():
     assert comparison.p_worse_than(-0.03, 0.01, 0.01) == pytest.approx(0.0227501, rel=1e-5)  # Phi(-2)
     assert comparison.p_worse_than(0.0, 0.01, 0.01) == pytest.approx(0.8413447, rel=1e-6)   # Phi(1)

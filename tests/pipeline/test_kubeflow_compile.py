@@ -39,7 +39,7 @@ def compiled(tmp_path_factory):
     code = main(["pipeline", "compile", "--out", str(out), "--image", IMAGE, "--model", "mmoe",
                  "--data", "gs://bucket/logs-day", "--pipeline-root", "gs://bucket/root",
                  "--serving-dir", "/mnt/crocodile/serving", "--pvc", "crocodile-data",
-                 "--min-clicks", "40", "--train-steps", "500",
+                 "--min-clicks", "40", "--statistic", "gauc", "--train-steps", "500",
                  "--beam-arg=--runner=DataflowRunner", "--beam-arg=--project=p"])
     assert code == 0
     with open(out) as f:
@@ -96,7 +96,7 @@ def test_the_pusher_reads_the_blessing_gate_which_runs_after_the_evaluator(compi
     parameters = {k: v["runtimeValue"]["constant"] for k, v in gate["inputs"]["parameters"].items()}
     assert parameters["serving_model_dir"] == "/mnt/crocodile/serving/crocodile"
     assert json.loads(parameters["rule"]) == {"alpha": 0.05, "domain_tolerance": 0.01, "min_clicks": 40,
-                                              "overall_tolerance": 0.002}
+                                              "overall_tolerance": 0.002, "statistic": "gauc"}
     assert json.loads(parameters["domain_ids"]) == [0, 1, 2, 3, 4]
     assert "baseline_model" not in tasks["Evaluator"]["inputs"].get("artifacts", {})
 

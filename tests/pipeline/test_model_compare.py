@@ -148,3 +148,22 @@ def test_gauc_beside_the_decision_matches_a_brute_force_gauc():
         _brute_gauc(rows.labels[on], candidate[on], rows.users[on]), abs=1e-12)
     assert "gAUC (per-user ranking; information, not part of the rule):" in model_compare.describe(decision)
     assert "gauc" not in model_compare.compare(rows, candidate, None)
+
+
+def test_a_gauc_rule_decides_and_prints_in_gauc_and_keeps_the_absolute_auc_check():
+    rows, signal, rng = _rows(n=20000)
+    baseline = signal + rng.normal(scale=0.5, size=signal.size)
+    worse = baseline.copy()
+    on = rows.domains == 1
+    worse[on] = rng.normal(size=int(on.sum()))       # domain 1 ranked at random
+    rule = configs.blessing_rule(statistic="gauc")
+    decision = model_compare.compare(rows, worse, baseline, rule=rule)
+    assert decision["statistic"] == "gauc" and decision["rule"]["statistic"] == "gauc"
+    assert not decision["blessed"] and decision["domains"]["1"]["status"] == "significantly worse"
+    assert "gauc" not in decision  # the decision itself is in gAUC
+    assert decision["absolute"]["overall_auc"] == pytest.approx(paired_auc(rows.labels, worse, worse).baseline_auc)
+    text = model_compare.describe(decision)
+    assert "by > 0.01 gAUC" in text and "candidate gAUC" in text and "domain 1: gAUC" in text
+    assert "information, not part of the rule" not in text
+    first = model_compare.compare(rows, worse, None, rule=rule)  # no baseline: only the absolute AUC check
+    assert first["blessed"] and "candidate AUC" in model_compare.describe(first)
