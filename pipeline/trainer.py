@@ -164,8 +164,9 @@ def run_fn(fn_args) -> None:
     feature_config = FeatureConfig.from_dict(custom["feature_config"])
     model_name = custom.get("model_name", configs.DEFAULT_MODEL)
     hparams = resolve(model_name, custom.get("hparams") or {})
-    # The run's weights, dropout and shuffles follow hparams.seed: the same data and hparams
-    # train the same model, so a blessing decision can be reproduced.
+    # The run's weights, dropout and shuffles follow hparams.seed: the same Examples artifact
+    # (its record order included) and hparams train the same model. A fresh ExampleGen run may
+    # write the split in another order (Beam workers), which is then another retrain.
     tf.keras.utils.set_random_seed(hparams.seed)
     batch_size = hparams.batch_size
     train_rows, eval_rows = count_records(fn_args.train_files), count_records(fn_args.eval_files)
