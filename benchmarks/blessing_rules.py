@@ -184,6 +184,8 @@ def run_trials(world, noise: Dict[str, float], trials: int, eval_rows: int = DEM
 
 
 def main(argv=None) -> int:
+    from crocodile.model.comparison import STATISTICS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="world data folder of the demo's size")
     parser.add_argument("--trials", type=int, default=400)
@@ -191,7 +193,7 @@ def main(argv=None) -> int:
     parser.add_argument("--worse-domain", type=int, default=1)
     parser.add_argument("--worse-drops", default="0.03,0.05",
                         help="drops of the rule's statistic (AUC or gAUC) on the worse domain")
-    parser.add_argument("--statistic", choices=("auc", "gauc"), default=None,
+    parser.add_argument("--statistic", choices=sorted(STATISTICS), default=None,
                         help="the new rule's statistic (default: the pipeline's BlessingRule)")
     parser.add_argument("--correlations", default="0.95,0.9",
                         help="sensitivity: equal-quality trials whose models agree less than two seeds "
