@@ -35,6 +35,7 @@ import crocodile  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from crocodile.benchmarks.local_processes import progress
 from crocodile.errors import UserError
 from crocodile.model.comparison import STATISTICS
+
 CLEAR_Z = 2.0
 CHUNK_REQUESTS = 4096
 log = progress("gate_metric_study")

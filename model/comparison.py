@@ -181,6 +181,9 @@ class PairedGauc:
     se: float
     ci_low: float
     ci_high: float
+    p_two_sided: float
+    clicks: int
+    rows: int
     users: int
 
     def to_dict(self) -> dict:
@@ -194,7 +197,8 @@ def paired_gauc(labels, baseline, candidate, users, alpha: float = 0.05) -> Opti
     if result.groups == 0:
         return None
     return PairedGauc(float(result.gaucs[0]), float(result.gaucs[1]), result.estimate, result.se,
-                      *_normal_interval(result.estimate, result.se, alpha), result.groups)
+                      *_normal_interval(result.estimate, result.se, alpha), two_sided_p(result.estimate, result.se),
+                      int(np.sum(labels)), int(np.size(labels)), result.groups)
 
 
 def two_sided_p(estimate: float, se: float) -> float:
@@ -246,13 +250,9 @@ class BlessingRule:
 
 def _paired_statistic(rule: BlessingRule, labels, baseline, candidate, clusters) -> Optional[Dict]:
     """The rule's paired contrast on these rows (JSON-ready), or None when gAUC has no eligible user."""
-    if rule.statistic == "auc":
-        return paired_auc(labels, baseline, candidate, clusters, rule.alpha).to_dict()
-    result = paired_gauc(labels, baseline, candidate, clusters, rule.alpha)
-    if result is None:
-        return None
-    return {**result.to_dict(), "p_two_sided": two_sided_p(result.diff, result.se),
-            "clicks": int(np.sum(labels)), "rows": int(np.size(labels))}
+    paired = paired_auc if rule.statistic == "auc" else paired_gauc
+    result = paired(labels, baseline, candidate, clusters, rule.alpha)
+    return None if result is None else result.to_dict()
 
 
 def blessing_decision(labels, baseline, candidate, domains, clusters=None,

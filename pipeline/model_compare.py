@@ -262,9 +262,9 @@ def summary_lines(decision: Dict) -> List[str]:
     """One line per slice (overall first): clicks, AUCs, paired difference and status."""
     lines = []
     slices = [("overall", decision["overall"])] + [(f"domain {d}", v) for d, v in decision["domains"].items()]
+    # Against a baseline every slice is in the rule's statistic; the first run reports AUC.
+    key = decision.get("statistic", "auc") if decision.get("has_baseline") else "auc"
     for name, r in slices:
-        key = "gauc" if "candidate_gauc" in r or (decision.get("has_baseline") and
-                                                   decision.get("statistic") == "gauc") else "auc"
         text = (f"{name:<10} {r.get('clicks', 0):>6} clicks  candidate {STATISTICS[key]} "
                 f"{_fmt(r.get(f'candidate_{key}'), '.4f')}")
         if decision.get("has_baseline") and "diff" in r:
