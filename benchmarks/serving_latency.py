@@ -39,7 +39,7 @@ from crocodile.benchmarks.local_processes import (checkout_commit, cpu_seconds, 
                                                   launch, median_min_max, progress, stop)
 
 CANDIDATE_COUNTS = (1, 100)
-PATHS = ("direct", "router", "hop_floor", "hop_floor_aio")
+PATHS = ("direct", "router", "router_uds", "hop_floor", "hop_floor_aio", "hop_floor_uds")
 BASELINE_PATH = "baseline_router"
 log = progress("serving_latency")
 
@@ -110,25 +110,31 @@ def main():
     with open(policy, "w") as f:
         f.write("experiment: bench\nsalt: s\ndefault_canary_share: 0.0\n")  # everyone on stable
 
+    socket_path = os.path.join(work, "model_server.sock")
     log("starting model server and router processes")
     paths = PATHS + ((BASELINE_PATH,) if args.baseline_source else ())
     processes, clients = {}, {}
     try:
         server, server_port = launch(crocodile_command(
             ["model-server", "--port", "0", "--model_config_file", config,
-             "--allow_version_labels_for_unavailable_models"]), os.path.join(work, "server.log"))
+             "--allow_version_labels_for_unavailable_models", "--grpc_socket_path", socket_path]),
+            os.path.join(work, "server.log"))
         processes["server"] = server
         backend = f"127.0.0.1:{server_port}"
         targets = {"direct": backend}
-        routers = {"router": None, BASELINE_PATH: args.baseline_source} if args.baseline_source else {"router": None}
-        for path, source in routers.items():
-            router, port = launch(crocodile_command(["router", "--port", "0", "--backend", backend, "--policy", policy],
+        unix_backend = f"unix:{socket_path}"
+        routers = {"router": (None, backend), "router_uds": (None, unix_backend)}
+        if args.baseline_source:
+            routers[BASELINE_PATH] = (args.baseline_source, backend)
+        for path, (source, to) in routers.items():
+            router, port = launch(crocodile_command(["router", "--port", "0", "--backend", to, "--policy", policy],
                                                     source), os.path.join(work, f"{path}.log"))
             processes[path] = router
             targets[path] = f"127.0.0.1:{port}"
         hop_script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpc_hop_floor.py")
-        for path, flags in (("hop_floor", []), ("hop_floor_aio", ["--aio"])):
-            floor, floor_port = launch([sys.executable, hop_script, str(free_port()), backend, *flags],
+        for path, to, flags in (("hop_floor", backend, []), ("hop_floor_aio", backend, ["--aio"]),
+                                ("hop_floor_uds", unix_backend, [])):
+            floor, floor_port = launch([sys.executable, hop_script, str(free_port()), to, *flags],
                                        os.path.join(work, f"{path}.log"))
             processes[path] = floor
             targets[path] = f"127.0.0.1:{floor_port}"
@@ -156,7 +162,8 @@ def main():
     for n in CANDIDATE_COUNTS:
         direct = samples[("direct", n)]
         entry = {}
-        for path, name in (("router", "router"), ("hop_floor", "bare_hop"), ("hop_floor_aio", "bare_aio_hop")):
+        for path, name in (("router", "router"), ("router_uds", "router_to_unix_socket"), ("hop_floor", "bare_hop"), ("hop_floor_aio", "bare_aio_hop"),
+                           ("hop_floor_uds", "bare_hop_to_unix_socket")):
             for metric in ("p50_ms", "p99_ms", "throughput_rps"):
                 entry[f"{metric}_ratio_{name}_over_direct"] = median_min_max(
                     np.array(samples[(path, n)][metric]) / np.array(direct[metric]))

@@ -17,6 +17,8 @@ def register(subparsers) -> None:
     server = subparsers.add_parser(
         "model-server", help="embedded stand-in for tensorflow_model_server (gRPC PredictionService + ModelService)")
     server.add_argument("--port", type=int, default=8500, help="gRPC port (0 picks a free one)")
+    server.add_argument("--grpc_socket_path", default="",
+                        help="also listen for gRPC on this UNIX socket (a co-located router: --backend unix:PATH)")
     server.add_argument("--model_config_file", required=True, help="text ModelServerConfig (model_config_list)")
     server.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0,
                         help="re-read the config file this often (0: never), as TF Serving does")
@@ -240,9 +242,14 @@ def run_model_server(args) -> int:
             hint = (" (as in TF Serving, labels in the first config are checked before any version has loaded: "
                     "start with --allow_version_labels_for_unavailable_models, as docker/Dockerfile.serving does)")
         raise UserError(f"--model_config_file {args.model_config_file}: {error.code.name}: {error.message}{hint}") from None
-    server, port, scheduler = build_server(core, args.port, batching, grpc_options,
-                                           args.grpc_max_threads or DEFAULT_GRPC_MAX_THREADS,
-                                           enable_grpc_healthcheck_service=args.enable_grpc_healthcheck_service)
+    try:
+        server, port, scheduler = build_server(core, args.port, batching, grpc_options,
+                                               args.grpc_max_threads or DEFAULT_GRPC_MAX_THREADS,
+                                               enable_grpc_healthcheck_service=args.enable_grpc_healthcheck_service,
+                                               grpc_socket_path=args.grpc_socket_path)
+    except OSError as error:
+        core.stop()
+        raise UserError(str(error)) from None
     server.start()
     print(f"model server listening on port {port}", flush=True)
     stop_polling = threading.Event()

@@ -136,12 +136,14 @@ def parse_grpc_channel_arguments(text: str):
 
 def build_server(core: ServerCore, port: int, batching: Optional[BatchingOptions] = None, grpc_options=(),
                  max_threads: int = DEFAULT_GRPC_MAX_THREADS, host: str = "[::]",
-                 enable_grpc_healthcheck_service: bool = False):
+                 enable_grpc_healthcheck_service: bool = False, grpc_socket_path: str = ""):
     """A started-ready grpc.Server (call .start()) and its bound port, plus the batch scheduler.
 
     Messages up to 2 GB are accepted, as TF Serving's; ``grpc_options`` (--grpc_channel_arguments)
     come after that default and so can lower it. With ``enable_grpc_healthcheck_service``,
     ``grpc.health.v1.Health`` answers SERVING for "", "ModelService" and "PredictionService".
+    With ``grpc_socket_path`` (TF Serving's --grpc_socket_path) the server also listens on that UNIX
+    socket: a co-located router reaches it without the TCP stack.
     """
     scheduler = BatchScheduler(batching) if batching is not None else None
     options = list(grpc_options)
@@ -160,4 +162,12 @@ def build_server(core: ServerCore, port: int, batching: Optional[BatchingOptions
     bound_port = server.add_insecure_port(f"{host}:{port}")
     if bound_port == 0:
         raise OSError(f"cannot listen on port {port}")
+    if grpc_socket_path:
+        try:  # gRPC raises RuntimeError or returns 0; it replaces a stale socket, never another file
+            bound = server.add_insecure_port(f"unix:{grpc_socket_path}")
+        except RuntimeError:
+            bound = 0
+        if bound == 0:
+            raise OSError(f"cannot listen on UNIX socket {grpc_socket_path} (--grpc_socket_path): "
+                          "its folder must exist and the path must not be a file other than a socket")
     return server, bound_port, scheduler

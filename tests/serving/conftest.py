@@ -52,11 +52,13 @@ def start_model_server():
     from crocodile.serving.server_core import ServerCore
     started = []
 
-    def start(path, batching=None, grpc_options=(), allow_unavailable_labels=True, health=False, **core_options):
+    def start(path, batching=None, grpc_options=(), allow_unavailable_labels=True, health=False, grpc_socket_path="",
+              **core_options):
         core = ServerCore(allow_version_labels_for_unavailable_models=allow_unavailable_labels, **core_options)
         core.reload_config(read_model_config(path))
         server, port, scheduler = build_server(core, 0, batching, grpc_options, host="127.0.0.1",
-                                               enable_grpc_healthcheck_service=health)
+                                               enable_grpc_healthcheck_service=health,
+                                               grpc_socket_path=grpc_socket_path)
         server.start()
         started.append((server, scheduler, core))
         return port, core
@@ -70,12 +72,15 @@ def start_model_server():
 
 @pytest.fixture
 def start_router():
-    """start(backend_port, policy, exposure_log=None, max_concurrent_rpcs=None, **router_kwargs) -> (port, router)."""
+    """start(backend_port, policy, exposure_log=None, max_concurrent_rpcs=None, **router_kwargs) -> (port, router).
+
+    backend_port may also be a full gRPC target (e.g. "unix:/path")."""
     from crocodile.serving.router import Router, build_router_server, shutdown
     started = []
 
     def start(backend_port, policy, exposure_log=None, max_concurrent_rpcs=None, **kwargs):
-        router = Router(f"127.0.0.1:{backend_port}", policy, exposure_log=exposure_log, **kwargs)
+        backend = backend_port if isinstance(backend_port, str) else f"127.0.0.1:{backend_port}"
+        router = Router(backend, policy, exposure_log=exposure_log, **kwargs)
         server, port = build_router_server(router, 0, host="127.0.0.1", max_concurrent_rpcs=max_concurrent_rpcs)
         server.start()
         started.append((server, router))

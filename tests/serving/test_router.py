@@ -68,6 +68,33 @@ def test_regress_and_predict_via_router_match_savedmodel(start_model_server, sta
                 line["fallback"], line["status"]) == ("t", f"u{k // 2}", arm, arm, VERSION_OF_ARM[arm], False, "OK")
 
 
+def test_router_reaches_a_colocated_backend_over_a_unix_socket(start_model_server, start_router, config_path,
+                                                               prediction_stub, reference_models, tmp_path):
+    """--grpc_socket_path (TF Serving's flag) on the server, --backend unix:PATH on the router."""
+    socket_path = str(tmp_path / "model_server.sock")
+    start_model_server(config_path, grpc_socket_path=socket_path)
+    port, _ = start_router(f"unix:{socket_path}", HALF)
+    stub = prediction_stub(port)
+    for k in range(6):
+        context, items = user_context(user=f"u{k}", domain=k % 5), candidates(3, start=k)
+        response, trailing = regress_call(stub, context, items)
+        arm = HALF.arm_for(k % 5, f"u{k}")
+        assert trailing["x-crocodile-arm"] == arm
+        expected = in_process(reference_models[VERSION_OF_ARM[arm]], [merged_features(context, i) for i in items])
+        np.testing.assert_allclose([r.value for r in response.result.regressions], expected, rtol=1e-6)
+
+
+def test_model_server_names_a_unix_socket_it_cannot_listen_on_and_keeps_a_file_there(start_model_server,
+                                                                                     config_path, tmp_path):
+    with pytest.raises(OSError, match="cannot listen on UNIX socket .*missing"):
+        start_model_server(config_path, grpc_socket_path=str(tmp_path / "missing" / "model_server.sock"))
+    kept = tmp_path / "notes.txt"
+    kept.write_text("not a socket")
+    with pytest.raises(OSError, match="must not be a file other than a socket"):
+        start_model_server(config_path, grpc_socket_path=str(kept))
+    assert kept.read_text() == "not a socket"
+
+
 def test_arm_matches_policy_and_is_sticky_over_many_users(start_model_server, start_router, config_path):
     backend, _ = start_model_server(config_path)
     policy = CanaryPolicy.from_dict({"experiment": "t2", "salt": "x", "default_canary_share": 0.3})
