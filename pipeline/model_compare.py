@@ -24,6 +24,7 @@ from crocodile.model.features import DOMAIN_KEY, LABEL_KEY, USER_KEY
 from crocodile.pipeline import configs
 
 SCORE_BATCH = 16384
+READ_BATCH = 65536  # records per tf.data batch (one numpy call each, not one per record)
 NO_BASELINE = "no baseline"
 
 
@@ -39,20 +40,33 @@ class EvalRows:
         return int(self.labels.size)
 
 
-def _column(records: List[bytes], key: str) -> np.ndarray:
-    """One single-valued column of serialized Examples, whatever list type it was written with."""
-    from tensorflow.core.example import example_pb2
+def _columns(records: List[bytes], keys: Sequence[str]) -> Dict[str, np.ndarray]:
+    """Single-valued columns of serialized Examples, whatever list type each was written with.
 
-    values = []
-    for i, record in enumerate(records):
-        feature = example_pb2.Example.FromString(record).features.feature.get(key)
-        kind = feature.WhichOneof("kind") if feature is not None else None
-        items = getattr(feature, kind).value if kind else []
-        if len(items) != 1:
-            raise UserError(f"eval row {i}: column {key!r} must hold exactly one value, found {len(items)}")
-        value = items[0]
-        values.append(value.decode() if isinstance(value, bytes) else value)
-    return np.asarray(values)
+    tfx_bsl's Example decoder (C++, to Arrow) infers each feature's type from the data, as
+    the per-record protobuf parse this replaces did, at ~1/4 of its cost."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from tfx_bsl.coders import example_coder
+
+    try:
+        batch = example_coder.ExamplesToRecordBatchDecoder().DecodeBatch(records)
+    except Exception as error:  # a feature with different list types in different rows
+        raise UserError(f"eval rows cannot be decoded as tf.Examples: {error}") from None
+    columns = {}
+    for key in keys:
+        index = batch.schema.get_field_index(key)
+        column = batch.column(index) if index >= 0 else None
+        lengths = (np.zeros(len(records), np.int64) if column is None or pa.types.is_null(column.type)
+                   else column.value_lengths().fill_null(0).to_numpy(zero_copy_only=False))
+        bad = np.flatnonzero(lengths != 1)
+        if bad.size:
+            raise UserError(f"eval row {bad[0]}: column {key!r} must hold exactly one value, found {lengths[bad[0]]}")
+        values = column.flatten()
+        if pa.types.is_large_binary(values.type) or pa.types.is_binary(values.type):
+            values = pc.cast(values, pa.large_string())
+        columns[key] = values.to_numpy(zero_copy_only=False)
+    return columns
 
 
 def rows_from_records(records: Sequence[bytes]) -> EvalRows:
@@ -60,11 +74,12 @@ def rows_from_records(records: Sequence[bytes]) -> EvalRows:
     records = list(records)
     if not records:
         raise UserError("no eval rows")
-    labels = _column(records, LABEL_KEY).astype(np.int64)
+    columns = _columns(records, (LABEL_KEY, DOMAIN_KEY, USER_KEY))
+    labels = columns[LABEL_KEY].astype(np.int64)
     if not np.isin(labels, (0, 1)).all():
         raise UserError(f"column {LABEL_KEY!r} must be 0 or 1")
     return EvalRows(np.array(records, dtype=object), labels,
-                    _column(records, DOMAIN_KEY).astype(np.int64), _column(records, USER_KEY).astype(str))
+                    columns[DOMAIN_KEY].astype(np.int64), columns[USER_KEY].astype(str))
 
 
 def _read_tfrecords(paths: Sequence[str]) -> List[bytes]:
@@ -73,7 +88,8 @@ def _read_tfrecords(paths: Sequence[str]) -> List[bytes]:
     records = []
     for path in paths:
         compression = "GZIP" if path.endswith(".gz") else None
-        records.extend(r.numpy() for r in tf.data.TFRecordDataset(path, compression_type=compression))
+        for batch in tf.data.TFRecordDataset(path, compression_type=compression).batch(READ_BATCH):
+            records.extend(batch.numpy().tolist())
     return records
 
 

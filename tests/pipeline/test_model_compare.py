@@ -114,8 +114,22 @@ def test_bad_rows_are_named():
         model_compare.rows_from_records([example.SerializeToString()])
     del example.features.feature["user_id"]
     example.features.feature["click"].int64_list.value[0] = 1
-    with pytest.raises(UserError, match="'user_id'"):
+    with pytest.raises(UserError, match="eval row 0: column 'user_id' must hold exactly one value, found 0"):
         model_compare.rows_from_records([example.SerializeToString()])
+    example.features.feature["user_id"].int64_list.value.append(42)  # any list type: ids become strings
+    typed_otherwise = model_compare.rows_from_records([example.SerializeToString()])
+    assert typed_otherwise.users.tolist() == ["42"] and typed_otherwise.labels.tolist() == [1]
+    two_clicks = tf.train.Example()
+    two_clicks.CopyFrom(example)
+    two_clicks.features.feature["click"].int64_list.value.append(0)
+    with pytest.raises(UserError, match="eval row 1: column 'click' must hold exactly one value, found 2"):
+        model_compare.rows_from_records([example.SerializeToString(), two_clicks.SerializeToString()])
+    float_click = tf.train.Example()
+    float_click.CopyFrom(example)
+    del float_click.features.feature["click"]
+    float_click.features.feature["click"].float_list.value.append(1.0)
+    with pytest.raises(UserError, match="wrong type.*click"):
+        model_compare.rows_from_records([example.SerializeToString(), float_click.SerializeToString()])
 
 
 def _brute_gauc(labels, scores, users):
