@@ -29,8 +29,11 @@ def test_count_records_reads_gzipped_splits(tmp_path):
 
 def test_direct_runner_is_sized_to_the_machine_and_the_rows():
     in_process = configs.IN_PROCESS_RUNNER_ARGS
-    assert configs.direct_runner_args(10_000_000, cpus=2) == in_process
+    assert configs.direct_runner_args(10_000_000, cpus=1) == in_process
+    assert configs.direct_runner_args(300_000, cpus=2) == in_process  # the demo's logs
     assert configs.direct_runner_args(200, cpus=64) == in_process
+    assert configs.direct_runner_args(1_000_000, cpus=2) == (
+        "--direct_running_mode=multi_processing", "--direct_num_workers=2")
     assert configs.direct_runner_args(5_000_000, cpus=8) == (
         "--direct_running_mode=multi_processing", "--direct_num_workers=8")
     assert configs.direct_runner_args(None, cpus=8)[0] == "--direct_running_mode=multi_processing"
