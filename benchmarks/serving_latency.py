@@ -20,6 +20,8 @@ from the others' throughput.
 
 --model-base: a folder with <version>/saved_model.pb (e.g. a Pusher's <serving_dir>/crocodile);
 by default two small real SavedModels with the production signatures are written to a temp folder.
+--native-hop BINARY: benchmarks/native_hop.cc built (see its header); a compiled byte-forwarding hop is
+then measured as a further path (``native_hop``), the floor of any compiled proxy on this host.
 --baseline-source: a checkout of older code (``git worktree add /tmp/base <commit>``); its router runs
 in front of the same model server as a fourth path (``baseline_router``), interleaved with the others,
 with paired current-minus-baseline router differences.
@@ -41,6 +43,7 @@ from crocodile.benchmarks.local_processes import (checkout_commit, cpu_seconds, 
 CANDIDATE_COUNTS = (1, 100)
 PATHS = ("direct", "router", "router_uds", "hop_floor", "hop_floor_aio", "hop_floor_uds")
 BASELINE_PATH = "baseline_router"
+NATIVE_PATH = "native_hop"
 log = progress("serving_latency")
 
 
@@ -89,6 +92,7 @@ def main():
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients for throughput")
     parser.add_argument("--seconds", type=float, default=2.0, help="duration of one throughput sample")
     parser.add_argument("--baseline-source", help="checkout of older code whose router is measured alongside")
+    parser.add_argument("--native-hop", help="built benchmarks/native_hop.cc, measured as a further path")
     args = parser.parse_args()
     load_at_start = os.getloadavg()
 
@@ -112,7 +116,9 @@ def main():
 
     socket_path = os.path.join(work, "model_server.sock")
     log("starting model server and router processes")
-    paths = PATHS + ((BASELINE_PATH,) if args.baseline_source else ())
+    if args.native_hop and not os.access(args.native_hop, os.X_OK):
+        parser.error(f"--native-hop {args.native_hop}: not an executable (build benchmarks/native_hop.cc)")
+    paths = PATHS + ((BASELINE_PATH,) if args.baseline_source else ()) + ((NATIVE_PATH,) if args.native_hop else ())
     processes, clients = {}, {}
     try:
         server, server_port = launch(crocodile_command(
@@ -138,7 +144,12 @@ def main():
                                        os.path.join(work, f"{path}.log"))
             processes[path] = floor
             targets[path] = f"127.0.0.1:{floor_port}"
-        # direct and the bare hop: ask for the label the router would pick.
+        if args.native_hop:
+            native, native_port = launch([args.native_hop, str(free_port()), backend],
+                                         os.path.join(work, f"{NATIVE_PATH}.log"))
+            processes[NATIVE_PATH] = native
+            targets[NATIVE_PATH] = f"127.0.0.1:{native_port}"
+        # direct and the bare hops: ask for the label the router would pick.
         labels = {path: None if path in routers else "stable" for path in paths}
         clients = {path: ScoringClient(targets[path]) for path in paths}
         samples = measure(paths, targets, clients, labels, args, processes)
@@ -158,12 +169,15 @@ def main():
                 name: round(float(np.median([cpu[name] for cpu in values["cpu_ms_per_request"]])), 3)
                 for name in values["cpu_ms_per_request"][0]},
         }
+    hops = (("router", "router"), ("router_uds", "router_to_unix_socket"), ("hop_floor", "bare_hop"),
+            ("hop_floor_aio", "bare_aio_hop"), ("hop_floor_uds", "bare_hop_to_unix_socket"))
+    if args.native_hop:
+        hops += ((NATIVE_PATH, "native_hop"),)
     overhead = {}
     for n in CANDIDATE_COUNTS:
         direct = samples[("direct", n)]
         entry = {}
-        for path, name in (("router", "router"), ("router_uds", "router_to_unix_socket"), ("hop_floor", "bare_hop"), ("hop_floor_aio", "bare_aio_hop"),
-                           ("hop_floor_uds", "bare_hop_to_unix_socket")):
+        for path, name in hops:
             for metric in ("p50_ms", "p99_ms", "throughput_rps"):
                 entry[f"{metric}_ratio_{name}_over_direct"] = median_min_max(
                     np.array(samples[(path, n)][metric]) / np.array(direct[metric]))
@@ -197,7 +211,9 @@ def main():
                   "server": "crocodile model-server (embedded TF Serving stand-in), batching off, CPU",
                   "router": "crocodile router, policy: all users on stable", "cpu_count": os.cpu_count(),
                   "hop_floor": "benchmarks/grpc_hop_floor.py: a byte-forwarding proxy without routing (the cost "
-                               "of any Python gRPC hop on this host); hop_floor_aio: the same on grpc.aio",
+                               "of any Python gRPC hop on this host); hop_floor_aio: the same on grpc.aio; "
+                               "*_uds: to the model server's UNIX socket (--grpc_socket_path); native_hop "
+                               "(--native-hop): benchmarks/native_hop.cc, the same hop compiled",
                   "client": "crocodile.serving.client.ScoringClient (builds and serializes each request), "
                             "throughput: that many client threads in this process",
                   "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
