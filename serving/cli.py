@@ -290,7 +290,11 @@ def run_router(args) -> int:
                     backend_tls=backend_tls, auth_tokens=read_tokens(args.auth_token_file),
                     user_id_salt=read_bytes(args.log_user_id_salt_file, "--log-user-id-salt-file"),
                     policy_path=args.policy, health_interval_s=args.health_interval_seconds)
-    server, port = build_router_server(router, args.port, max_concurrent_rpcs=args.max_concurrent_rpcs, tls=tls)
+    try:
+        server, port = build_router_server(router, args.port, max_concurrent_rpcs=args.max_concurrent_rpcs, tls=tls)
+    except OSError as error:
+        router.close()
+        raise UserError(str(error)) from None
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
         start_http_server(args.metrics_port, registry=router.metrics.registry)

@@ -23,6 +23,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 
 from crocodile.serving import inference, status, wire_protos
 from crocodile.serving.batching import BatchingOptions, BatchScheduler
+from crocodile.serving.grpc_listen import listen
 from crocodile.serving.server_core import ServerCore
 
 log = logging.getLogger(__name__)
@@ -159,15 +160,9 @@ def build_server(core: ServerCore, port: int, batching: Optional[BatchingOptions
             health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         server.health_servicer = health_servicer  # NOT_SERVING from the start of a drain (cli)
-    bound_port = server.add_insecure_port(f"{host}:{port}")
-    if bound_port == 0:
-        raise OSError(f"cannot listen on port {port}")
-    if grpc_socket_path:
-        try:  # gRPC raises RuntimeError or returns 0; it replaces a stale socket, never another file
-            bound = server.add_insecure_port(f"unix:{grpc_socket_path}")
-        except RuntimeError:
-            bound = 0
-        if bound == 0:
-            raise OSError(f"cannot listen on UNIX socket {grpc_socket_path} (--grpc_socket_path): "
-                          "its folder must exist and the path must not be a file other than a socket")
+    bound_port = listen(server, f"{host}:{port}", f"port {port}")
+    if grpc_socket_path:  # gRPC replaces a stale socket there, never another file
+        listen(server, f"unix:{grpc_socket_path}",
+               f"UNIX socket {grpc_socket_path} (--grpc_socket_path): its folder must exist and the path "
+               "must not be a file other than a socket")
     return server, bound_port, scheduler

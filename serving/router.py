@@ -42,6 +42,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from crocodile.errors import UserError
 from crocodile.serving import routing_keys, status
 from crocodile.serving.canary_breaker import CanaryBreaker
+from crocodile.serving.grpc_listen import listen
 from crocodile.serving.policy import CANARY, FAIL, STABLE, CanaryPolicy
 from crocodile.serving.router_security import AUTHORIZATION_HEADER, TokenCheck, UserIdHasher
 from crocodile.serving.router_telemetry import RouterMetrics, Telemetry
@@ -408,14 +409,8 @@ def build_router_server(router: Router, port: int, host: str = "[::]",
                          options=router.message_options, maximum_concurrent_rpcs=max_concurrent_rpcs)
     server.add_generic_rpc_handlers((router.handler(),))
     health_pb2_grpc.add_HealthServicer_to_server(router.health, server)
-    address = f"{host}:{port}"
-    if tls is None:
-        bound = server.add_insecure_port(address)
-    else:
-        bound = server.add_secure_port(address, grpc.ssl_server_credentials(((tls.private_key,
-                                                                              tls.certificate_chain),)))
-    if bound == 0:
-        raise OSError(f"cannot listen on port {port}")
+    credentials = None if tls is None else grpc.ssl_server_credentials(((tls.private_key, tls.certificate_chain),))
+    bound = listen(server, f"{host}:{port}", f"port {port}", credentials)
     started = server.start
 
     def start():

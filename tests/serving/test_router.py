@@ -95,6 +95,30 @@ def test_model_server_names_a_unix_socket_it_cannot_listen_on_and_keeps_a_file_t
     assert kept.read_text() == "not a socket"
 
 
+def test_both_servers_name_a_port_already_taken(tmp_path):
+    """gRPC 1.85 raises RuntimeError on a failed bind (older releases returned 0): both servers say which port."""
+    import socket
+
+    from crocodile.serving.model_server import build_server
+    from crocodile.serving.router import Router, build_router_server
+    from crocodile.serving.server_core import ServerCore
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    core, router = ServerCore(), Router("127.0.0.1:1", HALF)
+    try:
+        with pytest.raises(OSError, match=f"cannot listen on port {port}$"):
+            build_server(core, port, host="127.0.0.1")
+        with pytest.raises(OSError, match=f"cannot listen on port {port}$"):
+            build_router_server(router, port, host="127.0.0.1")
+    finally:
+        router.close()
+        core.stop()
+        taken.close()
+
+
 def test_arm_matches_policy_and_is_sticky_over_many_users(start_model_server, start_router, config_path):
     backend, _ = start_model_server(config_path)
     policy = CanaryPolicy.from_dict({"experiment": "t2", "salt": "x", "default_canary_share": 0.3})
