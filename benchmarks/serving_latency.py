@@ -94,6 +94,8 @@ def main():
     parser.add_argument("--baseline-source", help="checkout of older code whose router is measured alongside")
     parser.add_argument("--native-hop", help="built benchmarks/native_hop.cc, measured as a further path")
     args = parser.parse_args()
+    if args.native_hop and not os.access(args.native_hop, os.X_OK):  # before any model is written
+        parser.error(f"--native-hop {args.native_hop}: not an executable (build benchmarks/native_hop.cc)")
     load_at_start = os.getloadavg()
 
     from crocodile.serving.client import ScoringClient
@@ -116,8 +118,6 @@ def main():
 
     socket_path = os.path.join(work, "model_server.sock")
     log("starting model server and router processes")
-    if args.native_hop and not os.access(args.native_hop, os.X_OK):
-        parser.error(f"--native-hop {args.native_hop}: not an executable (build benchmarks/native_hop.cc)")
     paths = PATHS + ((BASELINE_PATH,) if args.baseline_source else ()) + ((NATIVE_PATH,) if args.native_hop else ())
     processes, clients = {}, {}
     try:
