@@ -9,7 +9,7 @@ DEMO_OUT  ?= demo_out
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test bench clean-venv
+.PHONY: setup demo test bench clean-venv native-router
 
 setup: $(STAMP)
 
@@ -27,6 +27,15 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+# The router's compiled data plane (crocodile router --data-plane native). Needs g++ and Debian's
+# libgrpc++-dev (apt-get install g++ libgrpc++-dev); without it the native router tests skip.
+NATIVE_ROUTER := build/native/router_data_plane
+native-router: $(NATIVE_ROUTER)
+
+$(NATIVE_ROUTER): serving/native/router_data_plane.cc
+	@mkdir -p $(dir $@)
+	g++ -O2 -std=c++17 -Wall -o $@ $< $$(pkg-config --cflags --libs grpc++ libcrypto)
 
 BENCH_OUT ?= bench_out
 

@@ -25,6 +25,9 @@ benchmarks/serving_latency.py.) Backends get one
 channel each, metrics and the exposure log are written by the telemetry thread
 (``router_telemetry``), and ``maximum_concurrent_rpcs`` bounds the requests in flight: beyond it
 gRPC answers RESOURCE_EXHAUSTED at once instead of queueing without bound.
+
+The same request path, compiled, can run in front of this router (``native_router``,
+``crocodile router --data-plane native``): then this router is its control plane and slow path.
 """
 import dataclasses
 import json
@@ -117,6 +120,7 @@ class Router:
                                 ("grpc.max_send_message_length", max_message_bytes)]
         self.metrics = metrics or RouterMetrics()
         self.telemetry = Telemetry(self.metrics, exposure_log, on_abort=self._on_abort)
+        self.auth_tokens = frozenset(auth_tokens or ())
         self._token_check = TokenCheck(auth_tokens) if auth_tokens else None
         self._hash_user = UserIdHasher(user_id_salt) if user_id_salt else None
         self.policy_path = policy_path
@@ -133,6 +137,10 @@ class Router:
         self._health_stop = threading.Event()
         self._health_thread = None
         self._calls = {}  # (arm, method) -> multi-callable on that arm's backend channel
+        # A data plane in front of this router (native_router) follows policy changes and aborts
+        # through state_listeners, and hands its records over before a flush through record_sources.
+        self.state_listeners = []
+        self.record_sources = []
         self._open_channels()
 
     @property
@@ -161,12 +169,16 @@ class Router:
                 return False
             self._state = RouterState(policy, CanaryBreaker(policy.canary_abort), path)
             self.metrics.canary_aborted.labels(old.policy.experiment).set(0)
+            for listener in self.state_listeners:
+                listener(self._state)
             log.info("policy reloaded from %s: experiment %s, default share %s, domains %s, canary_abort %s",
                      path, policy.experiment, policy.default_canary_share, policy.domains, policy.canary_abort)
             self._schedule_health_update()
             return True
 
     def _on_abort(self, state: RouterState, reason: str) -> None:
+        for listener in self.state_listeners:
+            listener(state)
         self._schedule_health_update()
 
     # --- gRPC wiring ----------------------------------------------------------------------
@@ -373,6 +385,8 @@ class Router:
     # --- lifecycle -----------------------------------------------------------------------
     def flush(self) -> None:
         """Returns once metrics, breaker and exposure log reflect every answered request."""
+        for deliver in self.record_sources:
+            deliver()
         self.telemetry.flush()
 
     def close(self) -> None:
@@ -403,14 +417,16 @@ class ServerTls:
 
 def build_router_server(router: Router, port: int, host: str = "[::]",
                         max_concurrent_rpcs: Optional[int] = DEFAULT_MAX_CONCURRENT_RPCS,
-                        tls: Optional[ServerTls] = None, threads: int = DEFAULT_THREADS):
-    """The router's gRPC server (not started) and its port. ``router.start_health`` runs on start."""
+                        tls: Optional[ServerTls] = None, threads: int = DEFAULT_THREADS,
+                        address: Optional[str] = None):
+    """The router's gRPC server (not started) and its port. ``router.start_health`` runs on start.
+    ``address`` (e.g. ``unix:PATH``) replaces host and port."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="router"),
                          options=router.message_options, maximum_concurrent_rpcs=max_concurrent_rpcs)
     server.add_generic_rpc_handlers((router.handler(),))
     health_pb2_grpc.add_HealthServicer_to_server(router.health, server)
     credentials = None if tls is None else grpc.ssl_server_credentials(((tls.private_key, tls.certificate_chain),))
-    bound = listen(server, f"{host}:{port}", f"port {port}", credentials)
+    bound = listen(server, address or f"{host}:{port}", address or f"port {port}", credentials)
     started = server.start
 
     def start():

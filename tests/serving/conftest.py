@@ -15,7 +15,7 @@ import crocodile  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 # Test modules import the request builders from serving_test_data (importlib mode cannot
 # import conftest); this folder goes on sys.path for that.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serving_test_data import CANARY_VERSION, MODEL_NAME, STABLE_VERSION  # noqa: E402
+from serving_test_data import CANARY_VERSION, MODEL_NAME, STABLE_VERSION, native_data_plane_or_skip  # noqa: E402
 
 @pytest.fixture(scope="session")
 def model_base(tmp_path_factory):
@@ -70,24 +70,48 @@ def start_model_server():
         core.stop()
 
 
-@pytest.fixture
-def start_router():
-    """start(backend_port, policy, exposure_log=None, max_concurrent_rpcs=None, **router_kwargs) -> (port, router).
+@pytest.fixture(params=["python", "native"])
+def data_plane(request):
+    """Each router test runs with the Python request path and with the compiled one in front."""
+    if request.param == "native":
+        native_data_plane_or_skip()
+    return request.param
 
-    backend_port may also be a full gRPC target (e.g. "unix:/path")."""
+
+@pytest.fixture
+def start_router(data_plane):
+    """start(backend_port, policy, exposure_log=None, max_concurrent_rpcs=None, tls=None, **router_kwargs)
+    -> (port, router); start.router(router, max_concurrent_rpcs=None, tls=None) for a built Router.
+
+    backend_port may also be a full gRPC target (e.g. "unix:/path"). With the native data plane,
+    ``router`` is the Python control plane behind it (metrics, flush, reload: the same interface)."""
+    from crocodile.serving.native_router import NativeDataPlane
     from crocodile.serving.router import Router, build_router_server, shutdown
     started = []
 
-    def start(backend_port, policy, exposure_log=None, max_concurrent_rpcs=None, **kwargs):
+    def start(backend_port, policy, exposure_log=None, max_concurrent_rpcs=None, tls=None, **kwargs):
         backend = backend_port if isinstance(backend_port, str) else f"127.0.0.1:{backend_port}"
-        router = Router(backend, policy, exposure_log=exposure_log, **kwargs)
-        server, port = build_router_server(router, 0, host="127.0.0.1", max_concurrent_rpcs=max_concurrent_rpcs)
+        return start_in_front(Router(backend, policy, exposure_log=exposure_log, **kwargs), max_concurrent_rpcs, tls)
+
+    def start_in_front(router, max_concurrent_rpcs=None, tls=None):
+        if data_plane == "native":
+            plane = NativeDataPlane(router, 0, host="127.0.0.1", max_concurrent_rpcs=max_concurrent_rpcs or 512,
+                                    tls=tls, grace_s=2.0)
+            started.append((plane, None, router))
+            return plane.start(), router
+        server, port = build_router_server(router, 0, host="127.0.0.1", max_concurrent_rpcs=max_concurrent_rpcs,
+                                           tls=tls)
         server.start()
-        started.append((server, router))
+        started.append((None, server, router))
         return port, router
+    start.router = start_in_front  # an already built Router (TLS to its backends, say)
     yield start
-    for server, router in started:
-        shutdown(server, router, grace_s=2.0)
+    for plane, server, router in started:
+        if plane is not None:
+            plane.stop()
+            router.close()
+        else:
+            shutdown(server, router, grace_s=2.0)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """Request data and helpers shared by the serving tests (canonical WORLD_FEATURES columns)."""
+import os
 import socket
 
 MODEL_NAME = "crocodile"
@@ -56,3 +57,17 @@ def predict_request(serialized, label=None, version=None):
 def serialized(rows):
     from crocodile.serving.examples import make_example
     return [make_example(row).SerializeToString() for row in rows]
+
+
+def native_data_plane_or_skip():
+    """The compiled data plane's path; skips when it is not built, unless CI requires it."""
+    import pytest
+
+    from crocodile.errors import UserError
+    from crocodile.serving.native_router import find_binary
+    try:
+        return find_binary()
+    except UserError as error:
+        if os.environ.get("CROCODILE_REQUIRE_NATIVE_ROUTER") == "1":
+            raise
+        pytest.skip(f"{error} (CROCODILE_REQUIRE_NATIVE_ROUTER=1 makes this a failure)")

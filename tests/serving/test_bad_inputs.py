@@ -5,7 +5,7 @@ import pytest
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 import serving_test_data as data
-from serving_test_data import MODEL_NAME, candidates, good_features, user_context
+from serving_test_data import MODEL_NAME, candidates, good_features, native_data_plane_or_skip, user_context
 from crocodile.serving.batching import BatchingOptions
 from crocodile.serving.examples import make_example
 from crocodile.serving.policy import CanaryPolicy
@@ -19,7 +19,9 @@ POLICY = CanaryPolicy.from_dict({"experiment": "bad", "salt": "s", "default_cana
 
 @pytest.fixture(scope="module")
 def targets(model_base, tmp_path_factory):
-    """{'model_server': port, 'router': port}: batching on (max_batch_size 64), 256 KiB messages."""
+    """{'model_server': port, 'router': port, 'native_router': port}: batching on (max_batch_size 64),
+    256 KiB messages. The native router (compiled data plane in front of a second Router) must answer
+    as the router does; it is left out when not built (serving_test_data.native_data_plane_or_skip)."""
     from crocodile.serving.model_config import read_model_config, write_model_config
     from crocodile.serving.model_server import build_server
     from crocodile.serving.router import Router, build_router_server, shutdown
@@ -36,7 +38,17 @@ def targets(model_base, tmp_path_factory):
     router = Router(f"127.0.0.1:{port}", POLICY, max_message_bytes=MAX_MESSAGE_BYTES)
     router_server, router_port = build_router_server(router, 0, host="127.0.0.1")
     router_server.start()
-    yield {"model_server": port, "router": router_port}
+    found = {"model_server": port, "router": router_port}
+    plane = None
+    if native_data_plane_available():
+        from crocodile.serving.native_router import NativeDataPlane
+        plane = NativeDataPlane(Router(f"127.0.0.1:{port}", POLICY, max_message_bytes=MAX_MESSAGE_BYTES), 0,
+                                host="127.0.0.1", grace_s=1.0)
+        found["native_router"] = plane.start()
+    yield found
+    if plane is not None:
+        plane.stop()
+        plane.router.close()
     shutdown(router_server, router, 1.0)
     server.stop(0).wait()
     scheduler.stop()
@@ -52,6 +64,20 @@ def predict_request(serialized, label="stable"):
 
 def without(features, key):
     return {k: v for k, v in features.items() if k != key}
+
+
+def native_data_plane_available() -> bool:
+    try:
+        native_data_plane_or_skip()
+        return True
+    except pytest.skip.Exception:
+        return False
+
+
+def port_of(targets, target):
+    if target not in targets:
+        native_data_plane_or_skip()
+    return targets[target]
 
 
 def call(port, method, request):
@@ -102,35 +128,41 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("target", ["model_server", "router"])
+TARGETS = ["model_server", "router", "native_router"]  # native_router: expected as the router
+
+
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("case, method, make_request, expected", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_answered_then_server_keeps_serving(targets, target, case, method, make_request, expected):
-    code, text = expected.get(target, expected.get("*"))
+    port = port_of(targets, target)
+    code, text = expected.get(target.replace("native_", ""), expected.get("*"))
     with pytest.raises(grpc.RpcError) as error:
-        call(targets[target], method, make_request())
+        call(port, method, make_request())
     assert error.value.code().name == code, error.value.details()
     assert text in error.value.details()
-    response = call(targets[target], "Regress", regress_request(user_context(), candidates(3)))
+    response = call(port, "Regress", regress_request(user_context(), candidates(3)))
     assert len(response.result.regressions) == 3
 
 
-@pytest.mark.parametrize("target, code", [("router", "INVALID_ARGUMENT"), ("model_server", "INTERNAL")])
+@pytest.mark.parametrize("target, code", [("router", "INVALID_ARGUMENT"), ("native_router", "INVALID_ARGUMENT"),
+                                          ("model_server", "INTERNAL")])
 def test_undecodable_request_body(targets, target, code):
     """Bytes that are no RegressionRequest at all. The router parses the body itself and answers
     INVALID_ARGUMENT; a generated gRPC servicer (TF Serving's C++ one, and the embedded server's
     Python one) fails deserialization in the gRPC layer before any TF Serving code runs: INTERNAL."""
-    channel = grpc.insecure_channel(f"127.0.0.1:{targets[target]}")
+    port = port_of(targets, target)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     raw = channel.unary_unary("/tensorflow.serving.PredictionService/Regress")
     with pytest.raises(grpc.RpcError) as error:
         raw(b"\xff\xff\xff\xff\x0f garbage", timeout=10)
     assert error.value.code().name == code
-    if target == "router":
+    if target != "model_server":
         assert "not a valid tensorflow.serving.RegressionRequest" in error.value.details()
     channel.close()
-    assert call(targets[target], "Regress", regress_request(user_context(), candidates(1))).result.regressions
+    assert call(port, "Regress", regress_request(user_context(), candidates(1))).result.regressions
 
 
-@pytest.mark.parametrize("target", ["model_server", "router"])
+@pytest.mark.parametrize("target", TARGETS)
 def test_garbage_candidate_in_a_well_formed_regress_request(targets, target):
     """The model server keeps Regress candidates as bytes (TF Serving's SerializedInput), so a
     candidate that is no tf.Example reaches the graph's parser, as in Predict: INVALID_ARGUMENT."""
@@ -142,7 +174,7 @@ def test_garbage_candidate_in_a_well_formed_regress_request(targets, target):
     lists = request.input.example_list_with_context
     lists.context.append(make_example(user_context()).SerializeToString())
     lists.examples.extend([make_example(candidates(1)[0]).SerializeToString(), b"\xff\xfegarbage"])
-    channel = grpc.insecure_channel(f"127.0.0.1:{targets[target]}")
+    channel = grpc.insecure_channel(f"127.0.0.1:{port_of(targets, target)}")
     raw = channel.unary_unary("/tensorflow.serving.PredictionService/Regress")
     with pytest.raises(grpc.RpcError) as error:
         raw(request.SerializeToString(), timeout=20)
@@ -151,8 +183,8 @@ def test_garbage_candidate_in_a_well_formed_regress_request(targets, target):
     assert "Could not parse example input" in error.value.details()
 
 
-@pytest.mark.parametrize("target", ["model_server", "router"])
+@pytest.mark.parametrize("target", TARGETS)
 def test_valid_predict_on_the_batching_server(targets, target):
     rows = [good_features(user=f"u{k}", domain=k % 5) for k in range(3)]
-    response = call(targets[target], "Predict", predict_request(data.serialized(rows), label=None))
+    response = call(port_of(targets, target), "Predict", predict_request(data.serialized(rows), label=None))
     assert len(response.outputs["outputs"].float_val) == 3

@@ -39,7 +39,7 @@ def wait_listening(process, log_path):
 
 
 @pytest.mark.slow
-def test_commands_end_to_end_and_graceful_router_shutdown(config_path, tmp_path, capsys):
+def test_commands_end_to_end_and_graceful_router_shutdown(config_path, tmp_path, capsys, data_plane):
     policy = os.path.join(os.path.dirname(__file__), "..", "..", "serving", "config", "canary_policy.yaml")
     exposure = tmp_path / "exposure.jsonl"
     server_port = free_port()
@@ -47,7 +47,7 @@ def test_commands_end_to_end_and_graceful_router_shutdown(config_path, tmp_path,
     server = launch(["model-server", "--port", str(server_port), "--model_config_file", config_path,
                      "--allow_version_labels_for_unavailable_models", "--enable_batching"], tmp_path / "server.log")
     router = launch(["router", "--port", "0", "--backend", f"127.0.0.1:{server_port}", "--policy", policy,
-                     "--exposure-log", str(exposure)], tmp_path / "router.log")
+                     "--exposure-log", str(exposure), "--data-plane", data_plane], tmp_path / "router.log")
     try:
         wait_listening(server, tmp_path / "server.log")
         router_port = wait_listening(router, tmp_path / "router.log")

@@ -95,13 +95,14 @@ def test_file_change_reloads_atomically_and_bad_file_keeps_old(start_model_serve
         client.close()
 
 
-def test_sighup_reloads_the_running_router(start_model_server, config_path, tmp_path):
+def test_sighup_reloads_the_running_router(start_model_server, config_path, tmp_path, data_plane):
     backend, _ = start_model_server(config_path)
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY_YAML)
     log_path = tmp_path / "router.log"
     process = subprocess.Popen([sys.executable, "-m", "crocodile", "router", "--port", "0", "--backend",
-                                f"127.0.0.1:{backend}", "--policy", str(path), "--policy-poll-seconds", "0"],
+                                f"127.0.0.1:{backend}", "--policy", str(path), "--policy-poll-seconds", "0",
+                                "--data-plane", data_plane],
                                stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     try:
         assert wait_for(lambda: "listening on port" in log_path.read_text(), 120), log_path.read_text()

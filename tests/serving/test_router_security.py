@@ -17,7 +17,7 @@ from serving_test_data import candidates
 from crocodile.cli import main as crocodile_main
 from crocodile.serving.client import ScoringClient
 from crocodile.serving.policy import CanaryPolicy
-from crocodile.serving.router import BackendTls, Router, ServerTls, build_router_server, shutdown
+from crocodile.serving.router import BackendTls, Router, ServerTls
 
 CONTEXT = {"user_segment": "s", "user_region": "r"}
 POLICY = CanaryPolicy.from_dict({"experiment": "sec", "salt": "s", "default_canary_share": 0.5})
@@ -49,17 +49,9 @@ def certificate(tmp_path_factory):
 
 
 @pytest.fixture
-def routers():
-    started = []
-
-    def start(router, tls=None):
-        server, port = build_router_server(router, 0, host="127.0.0.1", tls=tls)
-        server.start()
-        started.append((server, router))
-        return port
-    yield start
-    for server, router in started:
-        shutdown(server, router, grace_s=1.0)
+def routers(start_router):
+    """routers(router, tls=None) -> port: a built Router served with the data plane under test."""
+    return lambda router, tls=None: start_router.router(router, tls=tls)[0]
 
 
 def test_tls_on_both_hops_and_score_cli(start_model_server, config_path, certificate, routers, capsys):
