@@ -20,6 +20,9 @@ from the others' throughput.
 
 --model-base: a folder with <version>/saved_model.pb (e.g. a Pusher's <serving_dir>/crocodile);
 by default two small real SavedModels with the production signatures are written to a temp folder.
+--paths direct,router,...: measure only these (fewer paths, more rounds in the same time).
+The router with its compiled data plane (``router_native``: crocodile router --data-plane native) is
+measured whenever it is built (make native-router) or given with --data-plane-binary.
 --native-hop BINARY: benchmarks/native_hop.cc built (see its header); a compiled byte-forwarding hop is
 then measured as a further path (``native_hop``), the floor of any compiled proxy on this host.
 --baseline-source: a checkout of older code (``git worktree add /tmp/base <commit>``); its router runs
@@ -44,6 +47,7 @@ CANDIDATE_COUNTS = (1, 100)
 PATHS = ("direct", "router", "router_uds", "hop_floor", "hop_floor_aio", "hop_floor_uds")
 BASELINE_PATH = "baseline_router"
 NATIVE_PATH = "native_hop"
+NATIVE_ROUTER_PATH = "router_native"  # crocodile router --data-plane native, when it is built
 log = progress("serving_latency")
 
 
@@ -93,7 +97,15 @@ def main():
     parser.add_argument("--seconds", type=float, default=2.0, help="duration of one throughput sample")
     parser.add_argument("--baseline-source", help="checkout of older code whose router is measured alongside")
     parser.add_argument("--native-hop", help="built benchmarks/native_hop.cc, measured as a further path")
+    parser.add_argument("--paths", help=f"comma-separated subset of {','.join(PATHS)} (default: all; direct "
+                                        f"is always measured)")
+    parser.add_argument("--data-plane-binary", help="the router's compiled data plane (default: the one `make "
+                                                    "native-router` builds); its router is measured when it exists")
     args = parser.parse_args()
+    chosen = PATHS if not args.paths else tuple(dict.fromkeys(["direct"] + args.paths.split(",")))
+    unknown = sorted(set(chosen) - set(PATHS))
+    if unknown:
+        parser.error(f"--paths: unknown {', '.join(unknown)} (choose from {', '.join(PATHS)})")
     if args.native_hop and not os.access(args.native_hop, os.X_OK):  # before any model is written
         parser.error(f"--native-hop {args.native_hop}: not an executable (build benchmarks/native_hop.cc)")
     load_at_start = os.getloadavg()
@@ -118,7 +130,17 @@ def main():
 
     socket_path = os.path.join(work, "model_server.sock")
     log("starting model server and router processes")
-    paths = PATHS + ((BASELINE_PATH,) if args.baseline_source else ()) + ((NATIVE_PATH,) if args.native_hop else ())
+    from crocodile.errors import UserError
+    from crocodile.serving.native_router import find_binary
+    try:
+        data_plane = find_binary(args.data_plane_binary)
+    except UserError as error:
+        if args.data_plane_binary:
+            parser.error(str(error))
+        log(f"native router not measured: {error}")
+        data_plane = None
+    paths = (chosen + ((BASELINE_PATH,) if args.baseline_source else ()) + ((NATIVE_PATH,) if args.native_hop else ())
+             + ((NATIVE_ROUTER_PATH,) if data_plane else ()))
     processes, clients = {}, {}
     try:
         server, server_port = launch(crocodile_command(
@@ -129,17 +151,22 @@ def main():
         backend = f"127.0.0.1:{server_port}"
         targets = {"direct": backend}
         unix_backend = f"unix:{socket_path}"
-        routers = {"router": (None, backend), "router_uds": (None, unix_backend)}
+        routers = {path: (None, backend if path == "router" else unix_backend, [])
+                   for path in ("router", "router_uds") if path in paths}
         if args.baseline_source:
-            routers[BASELINE_PATH] = (args.baseline_source, backend)
-        for path, (source, to) in routers.items():
-            router, port = launch(crocodile_command(["router", "--port", "0", "--backend", to, "--policy", policy],
-                                                    source), os.path.join(work, f"{path}.log"))
+            routers[BASELINE_PATH] = (args.baseline_source, backend, [])
+        if data_plane:
+            routers[NATIVE_ROUTER_PATH] = (None, backend, ["--data-plane", "native", "--data-plane-binary", data_plane])
+        for path, (source, to, flags) in routers.items():
+            router, port = launch(crocodile_command(["router", "--port", "0", "--backend", to, "--policy", policy,
+                                                     *flags], source), os.path.join(work, f"{path}.log"))
             processes[path] = router
             targets[path] = f"127.0.0.1:{port}"
         hop_script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpc_hop_floor.py")
         for path, to, flags in (("hop_floor", backend, []), ("hop_floor_aio", backend, ["--aio"]),
                                 ("hop_floor_uds", unix_backend, [])):
+            if path not in paths:
+                continue
             floor, floor_port = launch([sys.executable, hop_script, str(free_port()), to, *flags],
                                        os.path.join(work, f"{path}.log"))
             processes[path] = floor
@@ -169,10 +196,10 @@ def main():
                 name: round(float(np.median([cpu[name] for cpu in values["cpu_ms_per_request"]])), 3)
                 for name in values["cpu_ms_per_request"][0]},
         }
-    hops = (("router", "router"), ("router_uds", "router_to_unix_socket"), ("hop_floor", "bare_hop"),
-            ("hop_floor_aio", "bare_aio_hop"), ("hop_floor_uds", "bare_hop_to_unix_socket"))
-    if args.native_hop:
-        hops += ((NATIVE_PATH, "native_hop"),)
+    hops = tuple((path, name) for path, name in (
+        ("router", "router"), ("router_uds", "router_to_unix_socket"), ("hop_floor", "bare_hop"),
+        ("hop_floor_aio", "bare_aio_hop"), ("hop_floor_uds", "bare_hop_to_unix_socket"),
+        (NATIVE_PATH, "native_hop"), (NATIVE_ROUTER_PATH, "native_router")) if path in paths)
     overhead = {}
     for n in CANDIDATE_COUNTS:
         direct = samples[("direct", n)]
@@ -184,9 +211,10 @@ def main():
             for metric in ("p50_ms", "p99_ms"):
                 entry[f"{metric}_overhead_{name}_minus_direct"] = median_min_max(
                     np.array(samples[(path, n)][metric]) - np.array(direct[metric]))
-        for metric in ("p50_ms", "p99_ms"):  # what routing costs above any Python hop
-            entry[f"{metric}_router_minus_bare_hop"] = median_min_max(
-                np.array(samples[("router", n)][metric]) - np.array(samples[("hop_floor", n)][metric]))
+        if "router" in paths and "hop_floor" in paths:
+            for metric in ("p50_ms", "p99_ms"):  # what routing costs above any Python hop
+                entry[f"{metric}_router_minus_bare_hop"] = median_min_max(
+                    np.array(samples[("router", n)][metric]) - np.array(samples[("hop_floor", n)][metric]))
         if args.baseline_source:
             for metric in ("p50_ms", "p99_ms"):
                 entry[f"{metric}_router_minus_baseline_router"] = median_min_max(
@@ -195,10 +223,13 @@ def main():
                 np.array(samples[("router", n)]["throughput_rps"]) / np.array(samples[(BASELINE_PATH, n)]["throughput_rps"]))
             entry["throughput_rps_ratio_baseline_router_over_direct"] = median_min_max(
                 np.array(samples[(BASELINE_PATH, n)]["throughput_rps"]) / np.array(direct["throughput_rps"]))
-        entry["goal_met"] = {
-            "p50_overhead_le_0.5_ms": bool(entry["p50_ms_overhead_router_minus_direct"]["median"] <= 0.5),
-            "p99_overhead_le_1_ms": bool(entry["p99_ms_overhead_router_minus_direct"]["median"] <= 1.0),
-            "throughput_ratio_ge_0.9": bool(entry["throughput_rps_ratio_router_over_direct"]["median"] >= 0.9)}
+        for path, name in hops:  # the issue's goal, for each router measured
+            if path in ("router", NATIVE_ROUTER_PATH):
+                entry["goal_met" if path == "router" else f"goal_met_{name}"] = {
+                    "p50_overhead_le_0.5_ms": bool(entry[f"p50_ms_overhead_{name}_minus_direct"]["median"] <= 0.5),
+                    "p99_overhead_le_1_ms": bool(entry[f"p99_ms_overhead_{name}_minus_direct"]["median"] <= 1.0),
+                    "throughput_ratio_ge_0.9": bool(
+                        entry[f"throughput_rps_ratio_{name}_over_direct"]["median"] >= 0.9)}
         overhead[f"{n}_candidates"] = entry
     report = {
         "benchmark": "serving_latency",
@@ -213,7 +244,8 @@ def main():
                   "hop_floor": "benchmarks/grpc_hop_floor.py: a byte-forwarding proxy without routing (the cost "
                                "of any Python gRPC hop on this host); hop_floor_aio: the same on grpc.aio; "
                                "*_uds: to the model server's UNIX socket (--grpc_socket_path); native_hop "
-                               "(--native-hop): benchmarks/native_hop.cc, the same hop compiled",
+                               "(--native-hop): benchmarks/native_hop.cc, the same hop compiled; "
+                               "router_native: crocodile router --data-plane native (its CPU: data_plane)",
                   "client": "crocodile.serving.client.ScoringClient (builds and serializes each request), "
                             "throughput: that many client threads in this process",
                   "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
@@ -232,6 +264,11 @@ def main():
     print(json.dumps(report, indent=2))
 
 
+def child_pid(pid: int) -> int:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return int(f.read().split()[0])
+
+
 def measure(paths, targets, clients, labels, args, processes):
     """{(path, n): {"p50_ms": [...], "p99_ms": [...], "throughput_rps": [...], "cpu_ms_per_request": [...]}},
     one number per round; CPU: {process: ms} used per request during the throughput sample by each
@@ -244,6 +281,8 @@ def measure(paths, targets, clients, labels, args, processes):
         for path, n in order:
             p50, p99 = latency_ms(clients[path], n, args.requests if round_index else 20, labels[path])
             on_path = {name: processes[name].pid for name in (path, "server") if name in processes}
+            if path == NATIVE_ROUTER_PATH:  # the data plane is the router's child process
+                on_path["data_plane"] = child_pid(processes[path].pid)
             before = {name: cpu_seconds(pid) for name, pid in on_path.items()}
             client_before = sum(os.times()[:2])
             seconds = args.seconds if round_index else 0.5
