@@ -64,6 +64,7 @@ namespace {
 constexpr char kService[] = "/tensorflow.serving.PredictionService/";
 constexpr char kUnknownLabel[] = "Unrecognized servable version label";
 constexpr auto kWriteEvery = std::chrono::milliseconds(2);
+constexpr size_t kMaxPendingBytes = 16 << 20;  // ~100k records
 
 // ---------------------------------------------------------------- protobuf wire reading
 struct Span {
@@ -434,10 +435,13 @@ std::shared_ptr<Policy> g_policy;  // replaced whole (std::atomic_load/store)
 std::vector<std::string> g_tokens;
 
 // ---------------------------------------------------------------- records
+// Bounded: past kMaxPendingBytes (the control plane not reading), a request waits for the writer
+// rather than a record being dropped, as the Python router's telemetry queue does.
 class RecordWriter {
  public:
-  void Add(std::string line) {
-    std::lock_guard<std::mutex> lock(mutex_);
+  void Add(const std::string& line) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    drained_.wait(lock, [this] { return pending_.size() < kMaxPendingBytes || stop_; });
     pending_ += line;
   }
   void Start() { thread_ = std::thread([this] { Run(); }); }
@@ -467,6 +471,7 @@ class RecordWriter {
       std::lock_guard<std::mutex> lock(mutex_);
       batch.swap(pending_);
     }
+    drained_.notify_all();
     size_t written = 0;
     while (written < batch.size()) {
       ssize_t n = write(1, batch.data() + written, batch.size() - written);
@@ -478,7 +483,7 @@ class RecordWriter {
     }
   }
   std::mutex mutex_;
-  std::condition_variable wake_;
+  std::condition_variable wake_, drained_;
   std::string pending_;
   bool stop_ = false;
   std::thread thread_;
