@@ -151,7 +151,7 @@ def main():
         backend = f"127.0.0.1:{server_port}"
         targets = {"direct": backend}
         unix_backend = f"unix:{socket_path}"
-        routers = {path: (None, backend if path == "router" else unix_backend, [])
+        routers = {path: (None, backend if path == "router" else unix_backend, ["--data-plane", "python"])
                    for path in ("router", "router_uds") if path in paths}
         if args.baseline_source:
             routers[BASELINE_PATH] = (args.baseline_source, backend, [])
