@@ -107,6 +107,7 @@ class NativeDataPlane:
         self._reader = None
         self.port = None
         self.records = 0
+        self._stopping = False
 
     def _private_file(self, name: str, data: bytes) -> str:
         path = os.path.join(self._folder, name)
@@ -142,7 +143,8 @@ class NativeDataPlane:
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> int:
-        commands = [self._state_command(self.router._state)]
+        self.router.state_listeners.append(self._on_state)  # before reading the state: no reload is missed
+        commands = [self._state_command(self.router.state)]
         if self._tokens:
             commands.append(f"tokens {len(self._tokens)} " + " ".join(_hex(t) for t in self._tokens))
         self._process = subprocess.Popen(self._args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -161,7 +163,6 @@ class NativeDataPlane:
         self._reader = threading.Thread(target=self._read_records, name="router-data-plane-records", daemon=True)
         self._reader.start()
         threading.Thread(target=self._log_stderr, name="router-data-plane-stderr", daemon=True).start()
-        self.router.state_listeners.append(self._on_state)
         self.router.record_sources.append(self.sync)
         return self.port
 
@@ -176,6 +177,7 @@ class NativeDataPlane:
 
     def stop(self) -> None:
         """Graceful: the data plane answers and records what it accepted, then the Python router stops."""
+        self._stopping = True
         if self._process is not None:
             with self._control_lock:
                 self._process.stdin.close()
@@ -193,10 +195,12 @@ class NativeDataPlane:
                     if event is not None:
                         event.set()
                     continue
-                self.router.telemetry.submit(self._record(line.rstrip("\n").split("\t")))
+                self.router.submit_record(self._record(line.rstrip("\n").split("\t")))
                 self.records += 1
             except Exception:  # a malformed line must not stop the reader: later records still count
                 log.exception("router data plane record not understood: %r", line[:200])
+        if not self._stopping:
+            log.error("router data plane exited with status %s: the router's port is closed", self._process.wait())
 
     def _record(self, fields) -> dict:
         (generation, wall_time, latency_us, method, request_id, domain, user, assigned, served, version,
@@ -214,8 +218,6 @@ class NativeDataPlane:
         if canary_code != "-":
             name = STATUS_NAMES[int(canary_code)]
             record.update(_canary_error=name, canary_error=f"{name}: {_unhex(canary_details)}")
-        if self.router._hash_user is not None:
-            record["user_hash"] = self.router._hash_user(record.pop("user"))
         return record
 
     def _log_stderr(self) -> None:

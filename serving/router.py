@@ -148,6 +148,16 @@ class Router:
         return self._state.policy
 
     @property
+    def state(self) -> RouterState:
+        return self._state
+
+    def submit_record(self, record: dict) -> None:
+        """Hands one request's record to the telemetry, the user id hashed when a salt is set."""
+        if self._hash_user is not None and record["user"] is not None:
+            record["user_hash"] = self._hash_user(record.pop("user"))
+        self.telemetry.submit(record)
+
+    @property
     def canary_aborted(self) -> Optional[str]:
         return self._state.breaker.tripped
 
@@ -261,9 +271,7 @@ class Router:
                 record["status"] = code.name
             record.update(time=time.time(), latency_ms=round(seconds * 1e3, 3), _seconds=seconds,
                           _domain_label=state.policy.domain_label(record["domain"]))
-            if self._hash_user is not None and record["user"] is not None:
-                record["user_hash"] = self._hash_user(record.pop("user"))
-            self.telemetry.submit(record)
+            self.submit_record(record)
         context.abort(code, details)
 
     def _answer(self, method, body, context, view_class, key_from_request, metadata, request_id, state,

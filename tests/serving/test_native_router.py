@@ -7,6 +7,8 @@ data plane must have served the requests it can serve itself, passing only the o
 The other router tests run with both data planes too (conftest's ``data_plane``).
 """
 import json
+import logging
+import signal
 import socket
 
 import grpc
@@ -175,3 +177,19 @@ def test_data_plane_that_cannot_listen_says_so(start_model_server, config_path):
         first.router.close()
         for router in routers:
             router.close()
+
+
+def test_a_data_plane_that_dies_is_reported(start_model_server, config_path, caplog):
+    native_data_plane_or_skip()
+    backend, _ = start_model_server(config_path)
+    router = Router(f"127.0.0.1:{backend}", POLICY)
+    plane = NativeDataPlane(router, 0, host="127.0.0.1")
+    plane.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="crocodile.serving.router"):
+            plane._process.send_signal(signal.SIGKILL)
+            plane._reader.join(10)
+        assert f"router data plane exited with status {-signal.SIGKILL}" in caplog.text
+    finally:
+        plane.stop()
+        router.close()
