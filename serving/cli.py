@@ -300,10 +300,12 @@ def run_router(args) -> int:
     data_plane = args.data_plane
     if data_plane == "auto":  # a named binary must exist (native's error otherwise); else native when built
         from crocodile.serving.native_router import find_binary
-        try:
-            data_plane = "native" if args.data_plane_binary or find_binary() else "python"
-        except UserError:
-            data_plane = "python"
+        data_plane = "native"
+        if not args.data_plane_binary:
+            try:
+                find_binary()
+            except UserError:
+                data_plane = "python"
     try:
         if data_plane == "native":
             from crocodile.serving.native_router import NativeDataPlane
@@ -329,9 +331,7 @@ def run_router(args) -> int:
     print(f"{name}: draining in-flight requests", flush=True)
     watcher.stop()
     if plane is not None:
-        plane.stop()  # answers and records what the data plane accepted; then the Python router stops
-        router.stop_health()
-        router.close()
+        plane.stop()
     else:
         shutdown(server, router, SHUTDOWN_GRACE_S)
     print(f"router stopped; exposure log flushed ({router.telemetry.lines_written} lines)", flush=True)

@@ -12,8 +12,9 @@ reload, as a new generation), tells it when the canary breaker trips, and turns 
 per-request records (one line each on its stdout) into the same records the Python router
 writes, so metrics, the exposure log and the breaker see every request whichever path served it.
 
-``stop`` closes the data plane's stdin: it stops taking calls, answers those in flight, writes
-their records and exits; then the Python router stops. No accepted request goes unrecorded.
+``stop`` turns health NOT_SERVING, then closes the data plane's stdin: it stops taking calls,
+answers those in flight, writes their records and exits; then the Python router stops and closes
+(as ``router.shutdown`` for the Python data plane). No accepted request goes unrecorded.
 """
 import itertools
 import logging
@@ -157,6 +158,7 @@ class NativeDataPlane:
             said = [line[len(OWN_ERROR):].strip() for line in self._process.stderr.read().splitlines()
                     if line.startswith(OWN_ERROR)]  # its own words, not gRPC's log lines
             self._server.stop(0)  # never started: stops nothing, releases the socket
+            shutil.rmtree(self._folder, ignore_errors=True)
             raise OSError(said[-1] if said else f"router data plane exited with {self._process.returncode}")
         self.port = int(ready.split()[1])
         self._server.start()  # the slow path (the data plane waits for it: wait-for-ready)
@@ -176,14 +178,17 @@ class NativeDataPlane:
         self._syncs.pop(token, None)
 
     def stop(self) -> None:
-        """Graceful: the data plane answers and records what it accepted, then the Python router stops."""
+        """Graceful, as ``router.shutdown``: health NOT_SERVING, the data plane answers and records what
+        it accepted, then the Python router stops and is closed (every record written out)."""
         self._stopping = True
+        self.router.stop_health()
         if self._process is not None:
             with self._control_lock:
                 self._process.stdin.close()
             self._process.wait()
             self._reader.join()
         self._server.stop(2.0).wait(5.0)
+        self.router.close()
         shutil.rmtree(self._folder, ignore_errors=True)
 
     # --- records -------------------------------------------------------------------------

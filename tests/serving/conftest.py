@@ -109,7 +109,6 @@ def start_router(data_plane):
     for plane, server, router in started:
         if plane is not None:
             plane.stop()
-            router.close()
         else:
             shutdown(server, router, grace_s=2.0)
 

@@ -48,7 +48,6 @@ def targets(model_base, tmp_path_factory):
     yield found
     if plane is not None:
         plane.stop()
-        plane.router.close()
     shutdown(router_server, router, 1.0)
     server.stop(0).wait()
     scheduler.stop()

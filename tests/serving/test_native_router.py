@@ -154,7 +154,6 @@ def test_native_data_plane_answers_and_records_as_the_python_router(start_model_
         assert {line["assigned_arm"] for line in native_lines if line["status"] == "OK"} == {"stable", "canary"}
     finally:
         plane.stop()
-        native_router.close()
         shutdown(server, python_router, grace_s=1.0)
 
 
@@ -174,7 +173,6 @@ def test_data_plane_that_cannot_listen_says_so(start_model_server, config_path):
     finally:
         taken.close()
         first.stop()
-        first.router.close()
         for router in routers:
             router.close()
 
@@ -192,4 +190,3 @@ def test_a_data_plane_that_dies_is_reported(start_model_server, config_path, cap
         assert f"router data plane exited with status {-signal.SIGKILL}" in caplog.text
     finally:
         plane.stop()
-        router.close()
