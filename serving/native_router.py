@@ -63,8 +63,7 @@ def policy_command(generation: int, state: RouterState) -> str:
     policy = state.policy
     domains = " ".join(f"{domain} {share!r}" for domain, share in sorted(policy.domains.items()))
     return (f"policy {generation} {_hex(policy.experiment)} {_hex(policy.salt)} {policy.default_canary_share!r} "
-            f"{'fail' if policy.on_canary_failure == FAIL else 'fallback'} {int(policy.allow_client_version)} "
-            f"{len(policy.domains)} {domains}".rstrip())
+            f"{'fail' if policy.on_canary_failure == FAIL else 'fallback'} {len(policy.domains)} {domains}".rstrip())
 
 
 def _unhex(text: str) -> str:

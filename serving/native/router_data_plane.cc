@@ -21,7 +21,7 @@
 // grpc.health.v1 Check. So every error text and rule has one implementation, in Python.
 //
 // Control (stdin, one command per line; hex for strings):
-//   policy GEN EXPERIMENT SALT DEFAULT_SHARE fallback|fail ALLOW_CLIENT(0|1) N [DOMAIN SHARE]*N
+//   policy GEN EXPERIMENT SALT DEFAULT_SHARE fallback|fail N [DOMAIN SHARE]*N
 //   abort GEN          the breaker of policy GEN tripped: assign every user to stable
 //   tokens N [TOKEN]*N bearer tokens required on the router's port (none: no check)
 //   start              build the server; stdout's first line is then "ready PORT"
@@ -186,8 +186,6 @@ bool ParseFeature(Span span, FeatureValue* out) {
           out->int64 = int64_t(first);
           out->has_value = true;
         }
-      } else if (f == 2) {
-        out->has_value = true;
       }
       if (out->has_value) break;
     }
@@ -414,7 +412,6 @@ struct Policy {
   double default_share = 0.0;
   std::map<int64_t, double> domains;
   bool fallback = true;
-  bool allow_client_version = false;
   std::atomic<bool> aborted{false};
 
   bool IsCanary(int64_t domain, const std::string& user) const {
@@ -828,17 +825,16 @@ bool Control(const std::string& line) {
   std::vector<std::string> w = Split(line);
   if (w.empty()) return true;
   try {
-    if (w[0] == "policy" && w.size() >= 8) {
+    if (w[0] == "policy" && w.size() >= 7) {
       auto policy = std::make_shared<Policy>();
       policy->generation = std::stol(w[1]);
       policy->experiment = Unhex(w[2]);
       policy->salt = Unhex(w[3]);
       policy->default_share = std::stod(w[4]);
       policy->fallback = w[5] == "fallback";
-      policy->allow_client_version = w[6] == "1";
-      size_t n = std::stoul(w[7]);
-      if (w.size() != 8 + 2 * n) throw std::invalid_argument("domain count");
-      for (size_t i = 0; i < n; ++i) policy->domains[std::stoll(w[8 + 2 * i])] = std::stod(w[9 + 2 * i]);
+      size_t n = std::stoul(w[6]);
+      if (w.size() != 7 + 2 * n) throw std::invalid_argument("domain count");
+      for (size_t i = 0; i < n; ++i) policy->domains[std::stoll(w[7 + 2 * i])] = std::stod(w[8 + 2 * i]);
       std::atomic_store(&g_policy, policy);
       return true;
     }
