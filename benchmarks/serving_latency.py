@@ -75,8 +75,9 @@ class PreSerializedClient:
     def build_bodies():
         from crocodile.serving.client import ScoringClient
         with ScoringClient("localhost:1") as builder:  # only builds requests: its channel never connects
-            return {(domain, n, label): builder.build_request(domain, f"user{domain}", request_data(n)[1],
-                                                              request_data(n)[0], label).SerializeToString()
+            data = {n: request_data(n) for n in CANDIDATE_COUNTS}  # (context, items)
+            return {(domain, n, label): builder.build_request(domain, f"user{domain}", data[n][1], data[n][0],
+                                                              label).SerializeToString()
                     for domain in range(5) for n in CANDIDATE_COUNTS for label in (None, "stable")}
 
     def regress(self, domain_id, user_id, candidates, context=None, label=None):
