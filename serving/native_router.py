@@ -8,9 +8,13 @@ plane), which listens on a private UNIX socket: requests it must refuse or that 
 GetModelMetadata, grpc.health.v1 Check. So the rules and error texts have one implementation.
 
 The Python side owns all state: it sends the policy to the data plane (and again on every
-reload, as a new generation), tells it when the canary breaker trips, and turns the data plane's
-per-request records (one line each on its stdout) into the same records the Python router
-writes, so metrics, the exposure log and the breaker see every request whichever path served it.
+reload, as a new generation) and tells it when the canary breaker trips. The data plane reports on
+its stdout what the Python router's telemetry would have recorded: request metrics summed per
+label set (``RequestCounts``, every 100 ms and before a sync), each canary call's outcome for the
+breaker (``CanaryCall``), and whole records for requests whose canary failed (logged and counted
+as fallbacks here). It appends the other requests' exposure lines to the exposure log itself, in
+the Python telemetry's format (user ids hashed with the same key). So metrics, the exposure log
+and the breaker see every request whichever path served it, without a Python step per request.
 
 ``stop`` turns health NOT_SERVING, then closes the data plane's stdin: it stops taking calls,
 answers those in flight, writes their records and exits; then the Python router stops and closes
@@ -30,6 +34,7 @@ import grpc
 from crocodile.errors import UserError
 from crocodile.serving.policy import CANARY, FAIL, STABLE
 from crocodile.serving.router import Router, RouterState, ServerTls, build_router_server
+from crocodile.serving.router_telemetry import LATENCY_BUCKETS, CanaryCall, RequestCounts
 
 log = logging.getLogger("crocodile.serving.router")
 
@@ -87,6 +92,11 @@ class NativeDataPlane:
                       "--max-message-bytes", str(dict(router.message_options)["grpc.max_receive_message_length"]),
                       "--max-concurrent-rpcs", str(max_concurrent_rpcs),
                       "--backend-timeout-s", repr(router.backend_timeout_s), "--grace-s", repr(grace_s)]
+        self._args += ["--latency-buckets", ",".join(repr(bound) for bound in LATENCY_BUCKETS)]
+        if router.telemetry.exposure_path:
+            self._args += ["--exposure-log", router.telemetry.exposure_path]
+        if router.user_id_hasher is not None:
+            self._args += ["--user-hash-key-file", self._private_file("user_hash.key", router.user_id_hasher.key)]
         if tls is not None:
             self._args += ["--tls-cert", self._private_file("cert.pem", tls.certificate_chain),
                            "--tls-key", self._private_file("key.pem", tls.private_key)]
@@ -199,12 +209,30 @@ class NativeDataPlane:
                     if event is not None:
                         event.set()
                     continue
-                self.router.submit_record(self._record(line.rstrip("\n").split("\t")))
-                self.records += 1
+                kind, *fields = line.rstrip("\n").split("\t")
+                if kind == "m":
+                    counts = self._counts(fields)
+                    self.router.telemetry.submit(counts)
+                    self.records += counts.requests
+                elif kind == "o":
+                    generation, failed, latency_ms = fields
+                    self.router.telemetry.submit(CanaryCall(self._states[int(generation)], failed == "1",
+                                                            float(latency_ms)))
+                else:
+                    self.router.submit_record(self._record(fields))
+                    self.records += 1
             except Exception:  # a malformed line must not stop the reader: later records still count
                 log.exception("router data plane record not understood: %r", line[:200])
         if not self._stopping:
             log.error("router data plane exited with status %s: the router's port is closed", self._process.wait())
+
+    def _counts(self, fields) -> RequestCounts:
+        generation, method, domain, assigned, served, version, code, requests, seconds, buckets = fields
+        requests = int(requests)
+        return RequestCounts(self._states[int(generation)], METHODS[method], domain, ARMS[assigned], ARMS[served],
+                             None if version == "-" else int(version), STATUS_NAMES[int(code)], requests,
+                             float(seconds), [int(count) for count in buckets.split(",")],
+                             requests if self.router.telemetry.exposure_path else 0)
 
     def _record(self, fields) -> dict:
         (generation, wall_time, latency_us, method, request_id, domain, user, assigned, served, version,

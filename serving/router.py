@@ -122,7 +122,7 @@ class Router:
         self.telemetry = Telemetry(self.metrics, exposure_log, on_abort=self._on_abort)
         self.auth_tokens = frozenset(auth_tokens or ())
         self._token_check = TokenCheck(auth_tokens) if auth_tokens else None
-        self._hash_user = UserIdHasher(user_id_salt) if user_id_salt else None
+        self.user_id_hasher = UserIdHasher(user_id_salt) if user_id_salt else None
         self.policy_path = policy_path
         self._state = RouterState(policy, CanaryBreaker(policy.canary_abort), policy_path or "given")
         self._reload_lock = threading.Lock()
@@ -153,8 +153,8 @@ class Router:
 
     def submit_record(self, record: dict) -> None:
         """Hands one request's record to the telemetry, the user id hashed when a salt is set."""
-        if self._hash_user is not None and record["user"] is not None:
-            record["user_hash"] = self._hash_user(record.pop("user"))
+        if self.user_id_hasher is not None and record["user"] is not None:
+            record["user_hash"] = self.user_id_hasher(record.pop("user"))
         self.telemetry.submit(record)
 
     @property

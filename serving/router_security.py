@@ -53,7 +53,7 @@ class TokenCheck:
 
 class UserIdHasher:
     def __init__(self, salt: bytes):
-        self._salt = salt.strip()
+        self.key = salt.strip()  # the HMAC key (the compiled data plane hashes with it too)
 
     def __call__(self, user_id: str) -> str:
-        return hmac.new(self._salt, user_id.encode("utf-8", "replace"), hashlib.sha256).hexdigest()[:32]
+        return hmac.new(self.key, user_id.encode("utf-8", "replace"), hashlib.sha256).hexdigest()[:32]

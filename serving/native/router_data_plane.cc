@@ -13,8 +13,10 @@
 //     merges repeated occurrences of a message field), with x-request-id;
 //   - on a canary failure (serving reasons only) falls back to stable when the policy says so;
 //   - answers the backend's bytes unchanged with trailing metadata x-crocodile-arm/-version;
-//   - hands one record per request to the control plane (a tab-separated line on stdout, written
-//     by a writer thread every WRITE_EVERY): metrics, exposure log and the canary breaker live there.
+//   - records it (see "records" below): request metrics summed per label set and sent to the
+//     control plane as deltas, the exposure line appended to the exposure log, the canary's
+//     outcome sent for the breaker; a request whose canary failed is sent whole, for the control
+//     plane to log and count as the Python router does.
 // Everything else goes unchanged, with the client's metadata and deadline, to the Python router
 // (the control plane, on --slow-path): requests the router must refuse or that name a version
 // (PERMISSION_DENIED, INVALID_ARGUMENT, UNAUTHENTICATED: its messages and records), GetModelMetadata,
@@ -27,8 +29,11 @@
 //   start              build the server; stdout's first line is then "ready PORT"
 //   sync TOKEN         write "sync TOKEN" to stdout after every record made so far
 //   EOF                graceful stop: no new calls, in-flight ones answered, records written
-// Record (stdout, after "ready"): GEN TIME LATENCY_US METHOD REQUEST_ID DOMAIN USER ASSIGNED SERVED
-//   VERSION FALLBACK CODE CANARY_CALL CANARY_MS CANARY_CODE CANARY_DETAILS (see native_router.py).
+// Records (stdout after "ready", tab-separated, written every kWriteEvery; see native_router.py):
+//   m GEN METHOD DOMAIN ASSIGNED SERVED VERSION CODE REQUESTS SECONDS BUCKET_COUNTS   (deltas)
+//   o GEN FAILED MS                                           a canary call, for the breaker
+//   r GEN TIME LATENCY_US METHOD REQUEST_ID DOMAIN USER ASSIGNED SERVED VERSION FALLBACK CODE
+//     CANARY_CALL CANARY_MS CANARY_CODE CANARY_DETAILS          a request whose canary failed
 //
 // Build: make native-router (Debian: apt-get install g++ libgrpc++-dev).
 #include <grpcpp/generic/async_generic_service.h>
@@ -38,12 +43,16 @@
 #include <grpcpp/security/server_credentials.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <charconv>
 #include <cerrno>
+#include <cmath>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -56,6 +65,7 @@
 #include <mutex>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -432,14 +442,61 @@ std::shared_ptr<Policy> g_policy;  // replaced whole (std::atomic_load/store)
 std::vector<std::string> g_tokens;
 
 // ---------------------------------------------------------------- records
-// Bounded: past kMaxPendingBytes (the control plane not reading), a request waits for the writer
-// rather than a record being dropped, as the Python router's telemetry queue does.
+// The common request (no canary failure) is recorded here in full: its request metrics are summed
+// per label set and sent as one delta line every kAggregateEvery, its exposure line (the same JSON
+// the Python telemetry writes) goes straight to the exposure log, and a canary call sends only its
+// outcome for the breaker. A request whose canary failed goes to the control plane whole, which
+// logs and counts its fallback. Reading and counting one line per request cost the Python side
+// about as much CPU as the whole compiled hop's routing work (serving/README.md).
+constexpr auto kAggregateEvery = std::chrono::milliseconds(100);
+constexpr const char* kStatusNames[] = {
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+    "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+
+struct Telemetry {
+  int exposure_fd = -1;                 // the exposure log (O_APPEND: the control plane appends too)
+  bool hash_users = false;
+  std::string user_hash_key;            // HMAC-SHA256 key: the exposure log then holds user_hash
+  std::vector<double> latency_bounds;   // the control plane's histogram buckets, seconds
+};
+Telemetry g_telemetry;
+
+struct Counts {
+  uint64_t requests = 0;
+  double seconds = 0.0;
+  std::vector<uint64_t> buckets;  // per bucket, not cumulative; the last one is +Inf
+};
+
+// Bounded: past kMaxPendingBytes (the control plane or the disk not keeping up), a request waits
+// for the writer rather than a record being dropped, as the Python router's telemetry queue does.
 class RecordWriter {
  public:
+  // One fast-path request: its counts under `labels`, its exposure line, its canary outcome line.
+  void AddCounted(const std::string& labels, double seconds, std::string exposure, const std::string& canary) {
+    const auto& bounds = g_telemetry.latency_bounds;
+    size_t bucket = 0;
+    while (bucket < bounds.size() && seconds > bounds[bucket]) ++bucket;
+    std::unique_lock<std::mutex> lock(mutex_);
+    WaitForRoom(&lock);
+    Counts& counts = counts_[labels];
+    if (counts.buckets.empty()) counts.buckets.assign(bounds.size() + 1, 0);
+    counts.requests += 1;
+    counts.seconds += seconds;
+    counts.buckets[bucket] += 1;
+    exposure_ += exposure;
+    pending_ += canary;
+  }
   void Add(const std::string& line) {
     std::unique_lock<std::mutex> lock(mutex_);
-    drained_.wait(lock, [this] { return pending_.size() < kMaxPendingBytes || stop_; });
+    WaitForRoom(&lock);
     pending_ += line;
+  }
+  // After every record so far (counts included, exposure lines written first): "sync TOKEN".
+  void Sync(const std::string& token) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    MoveCounts();
+    pending_ += "sync " + token + "\n";
   }
   void Start() { thread_ = std::thread([this] { Run(); }); }
   void Stop() {
@@ -449,42 +506,146 @@ class RecordWriter {
     }
     wake_.notify_one();
     thread_.join();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      MoveCounts();
+    }
     WriteOut();
   }
 
  private:
+  void WaitForRoom(std::unique_lock<std::mutex>* lock) {
+    drained_.wait(*lock, [this] { return pending_.size() + exposure_.size() < kMaxPendingBytes || stop_; });
+  }
+  // m GEN METHOD DOMAIN ASSIGNED SERVED VERSION CODE REQUESTS SECONDS BUCKETS (comma-separated).
+  void MoveCounts() {
+    char number[48];
+    for (const auto& [labels, counts] : counts_) {
+      std::snprintf(number, sizeof(number), "\t%llu\t%.9g\t", static_cast<unsigned long long>(counts.requests),
+                    counts.seconds);
+      pending_ += "m\t" + labels + number;
+      for (size_t i = 0; i < counts.buckets.size(); ++i) {
+        if (i) pending_ += ',';
+        pending_ += std::to_string(counts.buckets[i]);
+      }
+      pending_ += '\n';
+    }
+    counts_.clear();
+  }
   void Run() {
     std::unique_lock<std::mutex> lock(mutex_);
+    auto counted = std::chrono::steady_clock::now();
     while (!stop_) {
       wake_.wait_for(lock, kWriteEvery);
+      if (std::chrono::steady_clock::now() - counted >= kAggregateEvery) {
+        MoveCounts();
+        counted = std::chrono::steady_clock::now();
+      }
       lock.unlock();
       WriteOut();
       lock.lock();
     }
   }
   void WriteOut() {
-    std::string batch;
+    std::string batch, exposure;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       batch.swap(pending_);
+      exposure.swap(exposure_);
     }
     drained_.notify_all();
+    // Exposure lines first: once the control plane reads a sync marker, its lines are in the file.
+    if (!WriteAll(g_telemetry.exposure_fd, exposure) && !exposure_failed_) {
+      exposure_failed_ = true;  // said once per failing stretch; the control plane logs stderr
+      std::cerr << "router data plane: cannot write the exposure log: " << std::strerror(errno) << std::endl;
+    } else if (!exposure.empty()) {
+      exposure_failed_ = false;
+    }
+    WriteAll(1, batch);  // false: the control plane is gone, nothing left to tell
+  }
+  static bool WriteAll(int fd, const std::string& data) {
     size_t written = 0;
-    while (written < batch.size()) {
-      ssize_t n = write(1, batch.data() + written, batch.size() - written);
+    while (written < data.size()) {
+      ssize_t n = write(fd, data.data() + written, data.size() - written);
       if (n <= 0) {
-        if (errno == EINTR) continue;
-        return;  // the control plane is gone: nothing left to tell
+        if (n < 0 && errno == EINTR) continue;
+        return false;
       }
       written += size_t(n);
     }
+    return true;
   }
   std::mutex mutex_;
   std::condition_variable wake_, drained_;
-  std::string pending_;
-  bool stop_ = false;
+  std::string pending_, exposure_;
+  std::map<std::string, Counts> counts_;
+  bool stop_ = false, exposure_failed_ = false;
   std::thread thread_;
 };
+
+// ---------------------------------------------------------------- exposure lines
+// As Python's json.dumps(record, separators=(",", ":"), sort_keys=True): ASCII only, \uXXXX for
+// the rest (UTF-8 in: the data plane sends users that are not valid UTF-8 to the Python router).
+void AppendJsonString(std::string* out, const std::string& s) {
+  static const char digits[] = "0123456789abcdef";
+  auto unicode = [&](uint32_t unit) {
+    *out += "\\u";
+    for (int shift = 12; shift >= 0; shift -= 4) out->push_back(digits[(unit >> shift) & 15]);
+  };
+  out->push_back('"');
+  for (size_t i = 0; i < s.size();) {
+    unsigned char c = s[i];
+    if (c == '"' || c == '\\') {
+      out->push_back('\\');
+      out->push_back(char(c));
+    } else if (c >= 0x20 && c < 0x7f) {
+      out->push_back(char(c));
+    } else if (c == '\n' || c == '\r' || c == '\t' || c == '\b' || c == '\f') {
+      out->push_back('\\');
+      out->push_back(c == '\n' ? 'n' : c == '\r' ? 'r' : c == '\t' ? 't' : c == '\b' ? 'b' : 'f');
+    } else if (c < 0x80) {
+      unicode(c);
+    } else {
+      int extra = c >= 0xf0 ? 3 : c >= 0xe0 ? 2 : 1;
+      uint32_t point = c & (0x3f >> extra);
+      for (int k = 1; k <= extra && i + k < s.size(); ++k) point = (point << 6) | (s[i + k] & 0x3f);
+      if (point >= 0x10000) {
+        point -= 0x10000;
+        unicode(0xd800 + (point >> 10));
+        unicode(0xdc00 + (point & 0x3ff));
+      } else {
+        unicode(point);
+      }
+      i += size_t(extra);
+    }
+    ++i;
+  }
+  out->push_back('"');
+}
+
+// Python's repr of a float (shortest round-trip digits), for the magnitudes written here.
+void AppendFloat(std::string* out, double value) {
+  char text[64];
+  auto end = std::to_chars(text, text + sizeof(text), value, std::chars_format::fixed).ptr;
+  std::string_view written(text, size_t(end - text));
+  *out += written;
+  if (written.find('.') == std::string_view::npos) *out += ".0";
+}
+
+std::string UserHash(const std::string& user) {  // serving/router_security.py UserIdHasher
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  const std::string& key = g_telemetry.user_hash_key;
+  HMAC(EVP_sha256(), key.data(), int(key.size()), reinterpret_cast<const unsigned char*>(user.data()), user.size(),
+       digest, &length);
+  static const char digits[] = "0123456789abcdef";
+  std::string out;
+  for (int i = 0; i < 16; ++i) {
+    out.push_back(digits[digest[i] >> 4]);
+    out.push_back(digits[digest[i] & 15]);
+  }
+  return out;
+}
 
 RecordWriter g_records;
 
@@ -669,22 +830,58 @@ class RouteCall : public grpc::ServerGenericBidiReactor {
     double latency_us =
         std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - started_).count();
     double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-    char head[160];
-    std::snprintf(head, sizeof(head), "%ld\t%.6f\t%.1f\t%c\t", policy_->generation, now, latency_us,
-                  method_ == "Predict" ? 'P' : 'R');
-    std::string line(head);
-    line += Hex(request_id_) + '\t' + std::to_string(key_.domain) + '\t' + Hex(key_.user) + '\t';
-    line += assigned_canary_ ? "C\t" : "S\t";
-    line += served_canary_ ? "C\t" : "S\t";
-    line += (version_ >= 0 && code == 0 ? std::to_string(version_) : std::string("-")) + '\t';
-    line += fallback_ ? "1\t" : "0\t";
-    char tail[96];
-    std::snprintf(tail, sizeof(tail), "%d\t%s\t%.3f\t%s\t", code,
-                  canary_call_ < 0 ? "-" : canary_call_ ? "1" : "0", canary_ms_,
-                  canary_code_ < 0 ? "-" : std::to_string(canary_code_).c_str());
-    line += tail;
-    line += Hex(canary_details_) + '\n';
-    g_records.Add(std::move(line));
+    std::string version = version_ >= 0 && code == 0 ? std::to_string(version_) : std::string("-");
+    if (canary_code_ >= 0) {  // the canary failed, stable answered: the control plane records it whole
+      char head[160];
+      std::snprintf(head, sizeof(head), "r\t%ld\t%.6f\t%.1f\t%c\t", policy_->generation, now, latency_us,
+                    method_ == "Predict" ? 'P' : 'R');
+      std::string line(head);
+      line += Hex(request_id_) + '\t' + std::to_string(key_.domain) + '\t' + Hex(key_.user) + '\t';
+      line += assigned_canary_ ? "C\t" : "S\t";
+      line += served_canary_ ? "C\t" : "S\t";
+      line += version + '\t' + (fallback_ ? "1\t" : "0\t");
+      char tail[96];
+      std::snprintf(tail, sizeof(tail), "%d\t%s\t%.3f\t%d\t", code, canary_call_ < 0 ? "-" : canary_call_ ? "1" : "0",
+                    canary_ms_, canary_code_);
+      line += tail;
+      line += Hex(canary_details_) + '\n';
+      g_records.Add(line);
+      return;
+    }
+    const char* assigned = assigned_canary_ ? "canary" : "stable";
+    const char* served = served_canary_ ? "canary" : "stable";
+    std::string labels = std::to_string(policy_->generation) + (method_ == "Predict" ? "\tP\t" : "\tR\t") +
+                         (policy_->domains.count(key_.domain) ? std::to_string(key_.domain) : std::string("other")) +
+                         (assigned_canary_ ? "\tC" : "\tS") + (served_canary_ ? "\tC\t" : "\tS\t") + version + '\t' +
+                         std::to_string(code);
+    std::string exposure;
+    if (g_telemetry.exposure_fd >= 0) {  // keys in sorted order, as the Python telemetry writes them
+      exposure.reserve(320);
+      exposure += std::string("{\"arm\":\"") + assigned + "\",\"assigned_arm\":\"" + assigned +
+                  "\",\"domain\":" + std::to_string(key_.domain) + ",\"experiment\":";
+      AppendJsonString(&exposure, policy_->experiment);
+      exposure += ",\"fallback\":false,\"latency_ms\":";
+      AppendFloat(&exposure, std::round(latency_us) / 1000.0);
+      exposure += std::string(",\"method\":\"") + method_ + "\",\"request_id\":";
+      AppendJsonString(&exposure, request_id_);
+      exposure += std::string(",\"served_arm\":\"") + served + "\",\"status\":\"" + (code >= 0 && code <= 16 ? kStatusNames[code] : "UNKNOWN") +
+                  "\",\"time\":";
+      AppendFloat(&exposure, now);
+      if (g_telemetry.hash_users) {
+        exposure += ",\"user_hash\":\"" + UserHash(key_.user) + '"';
+      } else {
+        exposure += ",\"user\":";
+        AppendJsonString(&exposure, key_.user);
+      }
+      exposure += ",\"version\":" + (version == "-" ? std::string("null") : version) + "}\n";
+    }
+    std::string canary;
+    if (canary_call_ >= 0) {  // the breaker's observation: failed?, milliseconds
+      char line[96];
+      std::snprintf(line, sizeof(line), "o\t%ld\t%d\t%.3f\n", policy_->generation, canary_call_, canary_ms_);
+      canary = line;
+    }
+    g_records.AddCounted(labels, latency_us / 1e6, std::move(exposure), canary);
   }
 
   // Unchanged to the Python router, with the client's metadata and deadline; its answer unchanged.
@@ -748,7 +945,8 @@ class Router : public grpc::CallbackGenericService {
 // ---------------------------------------------------------------- set-up
 struct Options {
   std::string host = "[::]", port = "0", stable, canary, slow_path, model_name = "crocodile";
-  std::string tls_cert, tls_key, backend_ca, backend_server_name;
+  std::string tls_cert, tls_key, backend_ca, backend_server_name, exposure_log, user_hash_key_file;
+  std::vector<double> latency_bounds;
   bool backend_tls = false;
   int max_message_bytes = 4 * 1024 * 1024, max_concurrent = 512;
   double timeout_s = 10.0, grace_s = 10.0;
@@ -791,6 +989,12 @@ Options ParseOptions(int argc, char** argv) {
     else if (flag == "--max-concurrent-rpcs") o.max_concurrent = std::stoi(value);
     else if (flag == "--backend-timeout-s") o.timeout_s = std::stod(value);
     else if (flag == "--grace-s") o.grace_s = std::stod(value);
+    else if (flag == "--exposure-log") o.exposure_log = value;
+    else if (flag == "--user-hash-key-file") o.user_hash_key_file = value;
+    else if (flag == "--latency-buckets") {
+      std::stringstream bounds(value);
+      for (std::string bound; std::getline(bounds, bound, ',');) o.latency_bounds.push_back(std::stod(bound));
+    }
     else Die("unknown flag " + flag);
   }
   if (o.stable.empty() || o.slow_path.empty()) Die("--stable and --slow-path are required");
@@ -844,7 +1048,7 @@ bool Control(const std::string& line) {
       return true;
     }
     if (w[0] == "sync" && w.size() == 2) {  // a marker after every record made so far
-      g_records.Add("sync " + w[1] + "\n");
+      g_records.Sync(w[1]);
       return true;
     }
     if (w[0] == "tokens" && w.size() >= 2 && w.size() == 2 + std::stoul(w[1])) {
@@ -871,6 +1075,15 @@ int main(int argc, char** argv) {
   while (std::getline(std::cin, line) && line != "start") Control(line);
   if (!std::atomic_load(&g_policy)) Die("no policy given before 'start'");
 
+  if (!o.exposure_log.empty()) {
+    g_telemetry.exposure_fd = open(o.exposure_log.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (g_telemetry.exposure_fd < 0) Die("cannot open the exposure log " + o.exposure_log + ": " + std::strerror(errno));
+  }
+  if (!o.user_hash_key_file.empty()) {
+    g_telemetry.hash_users = true;
+    g_telemetry.user_hash_key = ReadFile(o.user_hash_key_file, "--user-hash-key-file");
+  }
+  g_telemetry.latency_bounds = o.latency_bounds;
   Backends backends;
   backends.stable = std::make_unique<grpc::GenericStub>(Channel(o, o.stable, true));
   backends.canary = std::make_unique<grpc::GenericStub>(Channel(o, o.canary, true));

@@ -88,6 +88,8 @@ CASES = [
      (("x-domain-id", "2"), ("x-user-id", "a7")), True),
     ("request id given", "Regress", _regress(user_context(user="a8", domain=1), candidates(1)),
      (("x-request-id", "req-42"),), True),
+    ("user id to escape in JSON", "Regress", _regress(user_context(user='\u00fc"\\\t\u20ac\U0001f600', domain=4),
+                                                      candidates(1)), (("x-request-id", 'q"\\1'),), True),
     ("explicit label refused", "Regress", _regress(user_context(), candidates(1), version_label="canary"), (), False),
     ("explicit version refused", "Predict", _predict([good_features()], version=2), (), False),
     ("unknown model", "Regress", _regress(user_context(), candidates(1), name="other"), (), False),
@@ -121,9 +123,34 @@ def _call(port, method, body, metadata):
 
 def _comparable(line):
     line = {k: v for k, v in line.items() if k not in ("time", "latency_ms")}
-    if line.get("request_id") != "req-42":
+    if line.get("request_id") not in ("req-42", 'q"\\1'):
         line.pop("request_id")
     return line
+
+
+COUNTED = ("crocodile_router_requests_total", "crocodile_router_errors_total",
+           "crocodile_router_backend_calls_total", "crocodile_router_fallbacks_total",
+           "crocodile_router_request_latency_seconds_count")
+
+
+def _counted(router):
+    """Every request metric but latencies: {(sample name, labels): value}."""
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in router.metrics.registry.collect() for sample in family.samples
+            if sample.name in COUNTED and sample.value}
+
+
+def _histograms_add_up(router):
+    """Each latency histogram's +Inf bucket equals its count, and its buckets never decrease."""
+    samples = [s for family in router.metrics.registry.collect() for s in family.samples
+               if s.name.startswith("crocodile_router_request_latency_seconds")]
+    counts = {tuple(sorted(s.labels.items())): s.value for s in samples if s.name.endswith("_count")}
+    for labels, count in counts.items():
+        buckets = [s for s in samples if s.name.endswith("_bucket")
+                   and tuple(sorted((k, v) for k, v in s.labels.items() if k != "le")) == labels]
+        values = [s.value for s in buckets]
+        assert values == sorted(values) and buckets[-1].labels["le"] == "+Inf" and values[-1] == count, labels
+    return bool(counts)
 
 
 def test_native_data_plane_answers_and_records_as_the_python_router(start_model_server, config_path, tmp_path):
@@ -144,7 +171,14 @@ def test_native_data_plane_answers_and_records_as_the_python_router(start_model_
         # The data plane served these itself; Python answered the rest (refusals, metadata).
         assert plane.records == sum(case[4] for case in CASES)
         python_lines = [_comparable(json.loads(line)) for line in open(tmp_path / "python.jsonl")]
-        native_lines = [_comparable(json.loads(line)) for line in open(tmp_path / "native.jsonl")]
+        native_text = (tmp_path / "native.jsonl").read_text()
+        native_lines = [_comparable(json.loads(line)) for line in native_text.splitlines()]
+        # Written as the Python telemetry writes them (the data plane writes its own), byte for byte.
+        assert [json.dumps(json.loads(line), separators=(",", ":"), sort_keys=True) for line in
+                native_text.splitlines()] == native_text.splitlines()
+        # The data plane sums its requests' metrics: the same counts, label for label.
+        assert _counted(native_router) == _counted(python_router)
+        assert _histograms_add_up(native_router) and _histograms_add_up(python_router)
         routed = [case for case in CASES if case[1] != "GetModelMetadata"]
         assert len(native_lines) == len(routed)
         assert sorted(native_lines, key=json.dumps) == sorted(python_lines, key=json.dumps)
