@@ -114,6 +114,9 @@ def add_router_arguments(router) -> None:
                              "auto (default): native when it is built, else python")
     router.add_argument("--data-plane-binary", help="the compiled data plane (default: $CROCODILE_ROUTER_DATA_PLANE, "
                                                     "else build/native/router_data_plane)")
+    router.add_argument("--data-plane-threads", type=int, default=1,
+                        help="event threads of the native data plane, each serving whole requests (default 1: "
+                             "one core's worth of routing, several thousand requests per second)")
 
 
 def router_main(argv=None) -> int:
@@ -290,6 +293,8 @@ def run_router(args) -> int:
         backend_tls = BackendTls(read_bytes(args.backend_tls_ca, "--backend-tls-ca"), args.backend_tls_server_name)
     if args.max_concurrent_rpcs < 1:
         raise UserError(f"--max-concurrent-rpcs must be >= 1, got {args.max_concurrent_rpcs}")
+    if args.data_plane_threads < 1:
+        raise UserError(f"--data-plane-threads must be >= 1, got {args.data_plane_threads}")
     policy = CanaryPolicy.load(args.policy)
     router = Router(args.backend, policy, model_name=args.model_name, exposure_log=args.exposure_log,
                     max_message_bytes=args.max_message_bytes, canary_backend=args.canary_backend,
@@ -310,7 +315,8 @@ def run_router(args) -> int:
         if data_plane == "native":
             from crocodile.serving.native_router import NativeDataPlane
             plane = NativeDataPlane(router, args.port, binary=args.data_plane_binary,
-                                    max_concurrent_rpcs=args.max_concurrent_rpcs, tls=tls, grace_s=SHUTDOWN_GRACE_S)
+                                    max_concurrent_rpcs=args.max_concurrent_rpcs, tls=tls, grace_s=SHUTDOWN_GRACE_S,
+                                    threads=args.data_plane_threads)
             port = plane.start()
         else:
             server, port = build_router_server(router, args.port, max_concurrent_rpcs=args.max_concurrent_rpcs,

@@ -79,7 +79,8 @@ class NativeDataPlane:
     """Starts the compiled data plane on ``host:port`` in front of ``router``; ``port`` once started."""
 
     def __init__(self, router: Router, port: int, host: str = "[::]", binary: Optional[str] = None,
-                 max_concurrent_rpcs: int = 512, tls: Optional[ServerTls] = None, grace_s: float = 10.0):
+                 max_concurrent_rpcs: int = 512, tls: Optional[ServerTls] = None, grace_s: float = 10.0,
+                 threads: int = 1):
         self.router = router
         self.binary = find_binary(binary)
         # Private (0700): the slow path's socket, and the TLS material handed to the data plane.
@@ -91,7 +92,8 @@ class NativeDataPlane:
                       "--model-name", router.model_name,
                       "--max-message-bytes", str(dict(router.message_options)["grpc.max_receive_message_length"]),
                       "--max-concurrent-rpcs", str(max_concurrent_rpcs),
-                      "--backend-timeout-s", repr(router.backend_timeout_s), "--grace-s", repr(grace_s)]
+                      "--backend-timeout-s", repr(router.backend_timeout_s), "--grace-s", repr(grace_s),
+                      "--threads", str(threads)]
         self._args += ["--latency-buckets", ",".join(repr(bound) for bound in LATENCY_BUCKETS)]
         if router.telemetry.exposure_path:
             self._args += ["--exposure-log", router.telemetry.exposure_path]

@@ -153,14 +153,16 @@ def _histograms_add_up(router):
     return bool(counts)
 
 
-def test_native_data_plane_answers_and_records_as_the_python_router(start_model_server, config_path, tmp_path):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_data_plane_answers_and_records_as_the_python_router(start_model_server, config_path, tmp_path,
+                                                                     threads):
     native_data_plane_or_skip()
     backend, _ = start_model_server(config_path)
     python_router = Router(f"127.0.0.1:{backend}", POLICY, exposure_log=str(tmp_path / "python.jsonl"))
     server, python_port = build_router_server(python_router, 0, host="127.0.0.1")
     server.start()
     native_router = Router(f"127.0.0.1:{backend}", POLICY, exposure_log=str(tmp_path / "native.jsonl"))
-    plane = NativeDataPlane(native_router, 0, host="127.0.0.1", grace_s=2.0)
+    plane = NativeDataPlane(native_router, 0, host="127.0.0.1", grace_s=2.0, threads=threads)
     native_port = plane.start()
     try:
         for name, method, body, metadata, _ in CASES:
