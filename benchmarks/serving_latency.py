@@ -132,6 +132,8 @@ def main():
                              "requests serialized once, before the rounds (see PreSerializedClient)")
     parser.add_argument("--paths", help=f"comma-separated subset of {','.join(PATHS)} (default: all; direct "
                                         f"is always measured)")
+    parser.add_argument("--exposure-log", action="store_true",
+                        help="every router writes an exposure log, as deployed for an A/B (default: none)")
     parser.add_argument("--data-plane-binary", help="the router's compiled data plane (default: the one `make "
                                                     "native-router` builds); its router is measured when it exists")
     args = parser.parse_args()
@@ -191,6 +193,8 @@ def main():
         if data_plane:
             routers[NATIVE_ROUTER_PATH] = (None, backend, ["--data-plane", "native", "--data-plane-binary", data_plane])
         for path, (source, to, flags) in routers.items():
+            if args.exposure_log:
+                flags = flags + ["--exposure-log", os.path.join(work, f"{path}.exposure.jsonl")]
             router, port = launch(crocodile_command(["router", "--port", "0", "--backend", to, "--policy", policy,
                                                      *flags], source), os.path.join(work, f"{path}.log"))
             processes[path] = router
@@ -278,11 +282,13 @@ def main():
         "setup": {"rounds": args.rounds, "warmup_rounds": 1, "latency_requests_per_round": args.requests,
                   "throughput_clients": args.clients, "throughput_seconds_per_round": args.seconds,
                   "server": "crocodile model-server (embedded TF Serving stand-in), batching off, CPU",
-                  "router": "crocodile router, policy: all users on stable", "cpu_count": os.cpu_count(),
+                  "router": "crocodile router, policy: all users on stable" + (
+                      ", writing an exposure log" if args.exposure_log else ", no exposure log"),
+                  "cpu_count": os.cpu_count(),
                   "hop_floor": "benchmarks/grpc_hop_floor.py: a byte-forwarding proxy without routing (the cost "
                                "of any Python gRPC hop on this host); hop_floor_aio: the same on grpc.aio; "
                                "*_uds: to the model server's UNIX socket (--grpc_socket_path); native_hop "
-                               "(--native-hop): benchmarks/native_hop.cc, the same hop compiled; "
+                               "(--native-hop): benchmarks/native_hop.cc, the same hop compiled (one event thread); "
                                "router_native: crocodile router --data-plane native (its CPU: data_plane)",
                   "client": ("crocodile.serving.client.ScoringClient (builds and serializes each request)"
                              if args.client == "scoring" else "requests serialized once before the rounds, sent as "

@@ -125,3 +125,10 @@ def test_tensorflow_parallelism_flags_follow_tf_serving_rules():
     assert tensorflow_parallelism(4, 2, 0) == (2, STAND_IN_OP_THREADS)  # intra/inter win over session
     with pytest.raises(UserError, match="You cannot configure all"):
         tensorflow_parallelism(4, 2, 2)
+
+
+def test_router_refuses_counts_below_one_by_name(tmp_path, capsys):
+    for flag in ("--max-concurrent-rpcs", "--data-plane-threads"):
+        assert crocodile_main(["router", "--port", "0", "--backend", "127.0.0.1:1", "--policy",
+                               str(tmp_path / "unread.yaml"), flag, "0"]) == 2
+        assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
