@@ -64,6 +64,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -488,17 +489,20 @@ class RecordWriter {
     counts.buckets[bucket] += 1;
     exposure_ += exposure;
     pending_ += canary;
+    WakeIfIdle();
   }
   void Add(const std::string& line) {
     std::unique_lock<std::mutex> lock(mutex_);
     WaitForRoom(&lock);
     pending_ += line;
+    WakeIfIdle();
   }
   // After every record so far (counts included, exposure lines written first): "sync TOKEN".
   void Sync(const std::string& token) {
     std::unique_lock<std::mutex> lock(mutex_);
     MoveCounts();
     pending_ += "sync " + token + "\n";
+    WakeIfIdle();
   }
   void Start() { thread_ = std::thread([this] { Run(); }); }
   void Stop() {
@@ -516,6 +520,11 @@ class RecordWriter {
   }
 
  private:
+  // An idle writer sleeps until the next counts are due or a line arrives (one wake-up per batch,
+  // none per request); a busy one writes every kWriteEvery.
+  void WakeIfIdle() {
+    if (idle_ && (!exposure_.empty() || !pending_.empty())) wake_.notify_one();
+  }
   void WaitForRoom(std::unique_lock<std::mutex>* lock) {
     drained_.wait(*lock, [this] { return pending_.size() + exposure_.size() < kMaxPendingBytes || stop_; });
   }
@@ -538,7 +547,15 @@ class RecordWriter {
     std::unique_lock<std::mutex> lock(mutex_);
     auto counted = std::chrono::steady_clock::now();
     while (!stop_) {
-      wake_.wait_for(lock, kWriteEvery);
+      if (pending_.empty() && exposure_.empty()) {
+        idle_ = true;
+        wake_.wait_until(lock, counted + kAggregateEvery,
+                         [this] { return stop_ || !pending_.empty() || !exposure_.empty(); });
+        idle_ = false;
+        if (!pending_.empty() || !exposure_.empty()) wake_.wait_for(lock, kWriteEvery, [this] { return stop_; });
+      } else {
+        wake_.wait_for(lock, kWriteEvery, [this] { return stop_; });
+      }
       if (std::chrono::steady_clock::now() - counted >= kAggregateEvery) {
         MoveCounts();
         counted = std::chrono::steady_clock::now();
@@ -581,7 +598,7 @@ class RecordWriter {
   std::condition_variable wake_, drained_;
   std::string pending_, exposure_;
   std::map<std::string, Counts> counts_;
-  bool stop_ = false, exposure_failed_ = false;
+  bool stop_ = false, idle_ = false, exposure_failed_ = false;
   std::thread thread_;
 };
 
@@ -677,6 +694,19 @@ bool IsCanaryFailure(const grpc::Status& status) {
 bool ForwardableHeader(const std::string& key) {
   return !key.empty() && key[0] != ':' && key.rfind("grpc-", 0) != 0 && key != "user-agent" && key != "te" &&
          key != "content-type";
+}
+
+// 128 random bits, hex (as Python's uuid4().hex: unique, not secret): a generator per thread seeded
+// from OpenSSL once, as RAND_bytes per request cost more than the rest of the request's own work.
+std::string NewRequestId() {
+  thread_local std::mt19937_64 generator = [] {
+    uint64_t seed[2] = {0, 0};
+    RAND_bytes(reinterpret_cast<unsigned char*>(seed), sizeof(seed));
+    std::seed_seq sequence{uint32_t(seed[0]), uint32_t(seed[0] >> 32), uint32_t(seed[1]), uint32_t(seed[1] >> 32)};
+    return std::mt19937_64(sequence);
+  }();
+  uint64_t bits[2] = {generator(), generator()};
+  return Hex(std::string(reinterpret_cast<const char*>(bits), sizeof(bits)));
 }
 
 // Refuses new calls once the server is shutting down: a call may only be requested from a
@@ -811,11 +841,7 @@ class RouteCall {
     }
     if (!key_.has_domain || !key_.has_user) return false;
     request_id_ = Header("x-request-id");
-    if (request_id_.empty()) {
-      unsigned char random[16];
-      RAND_bytes(random, sizeof(random));
-      request_id_ = Hex(std::string(reinterpret_cast<char*>(random), sizeof(random)));
-    }
+    if (request_id_.empty()) request_id_ = NewRequestId();
     assigned_canary_ = !policy_->aborted.load() && policy_->IsCanary(key_.domain, key_.user);
     return true;
   }
