@@ -220,9 +220,11 @@ class NativeDataPlane:
                     generation, failed, latency_ms = fields
                     self.router.telemetry.submit(CanaryCall(self._states[int(generation)], failed == "1",
                                                             float(latency_ms)))
-                else:
+                elif kind == "r":
                     self.router.submit_record(self._record(fields))
                     self.records += 1
+                else:
+                    raise ValueError(f"unknown record kind {kind!r}")
             except Exception:  # a malformed line must not stop the reader: later records still count
                 log.exception("router data plane record not understood: %r", line[:200])
         if not self._stopping:
