@@ -93,8 +93,7 @@ class NativeDataPlane:
                       "--max-message-bytes", str(dict(router.message_options)["grpc.max_receive_message_length"]),
                       "--max-concurrent-rpcs", str(max_concurrent_rpcs),
                       "--backend-timeout-s", repr(router.backend_timeout_s), "--grace-s", repr(grace_s),
-                      "--threads", str(threads)]
-        self._args += ["--latency-buckets", ",".join(repr(bound) for bound in LATENCY_BUCKETS)]
+                      "--threads", str(threads), "--latency-buckets", ",".join(repr(b) for b in LATENCY_BUCKETS)]
         if router.telemetry.exposure_path:
             self._args += ["--exposure-log", router.telemetry.exposure_path]
         if router.user_id_hasher is not None:
@@ -235,8 +234,7 @@ class NativeDataPlane:
         requests = int(requests)
         return RequestCounts(self._states[int(generation)], METHODS[method], domain, ARMS[assigned], ARMS[served],
                              None if version == "-" else int(version), STATUS_NAMES[int(code)], requests,
-                             float(seconds), [int(count) for count in buckets.split(",")],
-                             requests if self.router.telemetry.exposure_path else 0)
+                             float(seconds), [int(count) for count in buckets.split(",")])
 
     def _record(self, fields) -> dict:
         (generation, wall_time, latency_us, method, request_id, domain, user, assigned, served, version,
@@ -251,9 +249,8 @@ class NativeDataPlane:
                   "status": status, "latency_ms": round(seconds * 1e3, 3), "_state": state, "_seconds": seconds,
                   "_domain_label": state.policy.domain_label(int(domain)),
                   "_canary_call": None if canary_call == "-" else (canary_call == "1", float(canary_ms))}
-        if canary_code != "-":
-            name = STATUS_NAMES[int(canary_code)]
-            record.update(_canary_error=name, canary_error=f"{name}: {_unhex(canary_details)}")
+        name = STATUS_NAMES[int(canary_code)]  # whole records are those whose canary failed
+        record.update(_canary_error=name, canary_error=f"{name}: {_unhex(canary_details)}")
         return record
 
     def _log_stderr(self) -> None:

@@ -53,7 +53,6 @@ class RequestCounts(NamedTuple):
     requests: int
     seconds: float
     bucket_counts: Sequence[int]
-    lines_written: int  # exposure lines the data plane wrote for them
 
 
 class CanaryCall(NamedTuple):
@@ -209,7 +208,8 @@ class Telemetry:
             errors.inc(counts.requests)
         observe_counts(latency, counts.bucket_counts, counts.seconds)
         self.metrics.backend_calls.labels(experiment, counts.served_arm, counts.status).inc(counts.requests)
-        self.lines_written += counts.lines_written
+        if self.exposure_path:  # the data plane wrote their exposure lines
+            self.lines_written += counts.requests
 
     def _observe_canary(self, state, canary_call) -> None:
         reason = state.breaker.observe(*canary_call)

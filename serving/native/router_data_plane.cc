@@ -657,13 +657,7 @@ std::string UserHash(const std::string& user) {  // serving/router_security.py U
   const std::string& key = g_telemetry.user_hash_key;
   HMAC(EVP_sha256(), key.data(), int(key.size()), reinterpret_cast<const unsigned char*>(user.data()), user.size(),
        digest, &length);
-  static const char digits[] = "0123456789abcdef";
-  std::string out;
-  for (int i = 0; i < 16; ++i) {
-    out.push_back(digits[digest[i] >> 4]);
-    out.push_back(digits[digest[i] & 15]);
-  }
-  return out;
+  return Hex(std::string(reinterpret_cast<const char*>(digest), 16));  // 128 bits, as the Python hasher
 }
 
 RecordWriter g_records;

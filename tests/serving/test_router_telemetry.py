@@ -57,9 +57,9 @@ def test_request_counts_and_canary_calls_count_as_records(tmp_path):
                           on_abort=lambda s, reason: aborted.append(reason))
     buckets = [0] * (len(LATENCY_BUCKETS) + 1)
     buckets[2] = 3  # three requests of 1-2 ms
-    telemetry.submit(RequestCounts(state, "Regress", "1", "stable", "stable", 2, "OK", 3, 0.0045, buckets, 3))
+    telemetry.submit(RequestCounts(state, "Regress", "1", "stable", "stable", 2, "OK", 3, 0.0045, buckets))
     telemetry.submit(RequestCounts(state, "Predict", "other", "canary", "canary", None, "INVALID_ARGUMENT", 2,
-                                   0.002, [2] + [0] * len(LATENCY_BUCKETS), 2))
+                                   0.002, [2] + [0] * len(LATENCY_BUCKETS)))
     for failed in (True, True, True, False):  # 3 of 4 canary calls failed: > 0.5
         telemetry.submit(CanaryCall(state, failed, 1.0))
     telemetry.flush()
